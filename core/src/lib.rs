@@ -1,0 +1,17 @@
+//! `emoe-core`: the domain and memory of ElasticMoE, pure and synchronous.
+//!
+//! - [`device`]: device and node identities (`node/index`).
+//! - [`parallel`]: `DP×TP×EP` parallel configurations.
+//! - [`backend`]: the device-backend trait and its implementations (host, modeled, …).
+//! - [`hmm`]: the HBM Management Module — physical allocations, reservations, views, accounting.
+//! - [`model`]: model specs (presets and Hugging Face `config.json`), tensor inventories, sizes.
+//! - [`checkpoint`]: deterministic safetensors generation and a selective, memory-mapped loader.
+//! - [`deploy`]: a model placed on devices under a parallel config, loaded into the HMM.
+
+pub mod backend;
+pub mod device;
+pub mod hmm;
+pub mod parallel;
+
+pub use device::DeviceId;
+pub use parallel::{ParallelConfig, ParallelConfigError};

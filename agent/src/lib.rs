@@ -1,1 +1,12 @@
-pub fn x(){}
+//! `emoe-agent`: one per node. Embeds the HMM over a device backend, loads and serves models on
+//! that memory, runs scaling steps, and offers a headless, scriptable CLI.
+//!
+//! - [`cluster`]: building a node — backend, HMM, model, checkpoint, the loaded deployment.
+//! - [`report`]: the node's state as data (JSON for scripts, tables for people).
+//! - [`cli`]: the `emoe-agent` command line.
+//! - [`exit`]: exit codes.
+
+pub mod cli;
+pub mod cluster;
+pub mod exit;
+pub mod report;

@@ -9,8 +9,11 @@
 //! - [`deploy`]: a model placed on devices under a parallel config, loaded into the HMM.
 
 pub mod backend;
+pub mod checkpoint;
+pub mod deploy;
 pub mod device;
 pub mod hmm;
+pub mod model;
 pub mod parallel;
 
 pub use device::DeviceId;

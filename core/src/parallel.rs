@@ -26,13 +26,17 @@ pub enum ParallelConfigError {
         field: &'static str,
         got: u32,
     },
-    #[error("parallel config `{value}`: {field} value `{got}` is not a whole number that fits in 32 bits")]
+    #[error(
+        "parallel config `{value}`: {field} value `{got}` is not a whole number that fits in 32 bits"
+    )]
     Number {
         value: String,
         field: &'static str,
         got: String,
     },
-    #[error("parallel config `{value}` breaks the rule EP = DP × TP: {dp} × {tp} = {product}, not {ep}")]
+    #[error(
+        "parallel config `{value}` breaks the rule EP = DP × TP: {dp} × {tp} = {product}, not {ep}"
+    )]
     EpMismatch {
         value: String,
         dp: u32,
@@ -126,7 +130,10 @@ impl FromStr for ParallelConfig {
         let lower = value.to_ascii_lowercase();
         let mut rest = lower.as_str();
         let mut nums = [0u32; 3];
-        for (i, (key, field)) in [("dp", "DP"), ("tp", "TP"), ("ep", "EP")].iter().enumerate() {
+        for (i, (key, field)) in [("dp", "DP"), ("tp", "TP"), ("ep", "EP")]
+            .iter()
+            .enumerate()
+        {
             if i > 0 {
                 rest = rest.trim_start_matches(['-', '_', ' ']);
             }
@@ -194,7 +201,10 @@ mod tests {
     #[test]
     fn every_error_names_rule_and_value() {
         let e = p("dp2tp4ep6").unwrap_err();
-        assert!(matches!(e, ParallelConfigError::EpMismatch { product: 8, .. }));
+        assert!(matches!(
+            e,
+            ParallelConfigError::EpMismatch { product: 8, .. }
+        ));
         let m = e.to_string();
         assert!(m.contains("EP = DP × TP") && m.contains("dp2tp4ep6") && m.contains("not 6"));
 
@@ -202,7 +212,14 @@ mod tests {
         assert!(matches!(e, ParallelConfigError::Zero { field: "DP", .. }));
         assert!(e.to_string().contains("at least 1"));
 
-        for bad in ["", "tp2dp1ep2", "dp2tp2", "dp2tp2ep4x", "dpxtp2ep2", "dp2--tp2ep4 7"] {
+        for bad in [
+            "",
+            "tp2dp1ep2",
+            "dp2tp2",
+            "dp2tp2ep4x",
+            "dpxtp2ep2",
+            "dp2--tp2ep4 7",
+        ] {
             let e = p(bad).unwrap_err();
             assert!(
                 matches!(e, ParallelConfigError::Syntax { .. }),

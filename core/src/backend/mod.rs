@@ -14,9 +14,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::device::DeviceId;
 
+pub mod ascend;
+pub mod cuda;
+mod dynlib;
 pub mod fdpass;
 pub mod host;
 pub mod modeled;
+pub mod select;
+pub mod telemetry;
+pub mod vmm;
+
+pub use telemetry::{DeviceTelemetry, Health};
 
 /// Which implementation backs the devices.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
@@ -99,7 +107,11 @@ pub enum BackendError {
     #[error("unknown physical handle {0}")]
     UnknownHandle(u64),
     #[error("no reservation covers address {addr:#x} ({len} bytes) on device {device}")]
-    NotReserved { device: DeviceId, addr: u64, len: u64 },
+    NotReserved {
+        device: DeviceId,
+        addr: u64,
+        len: u64,
+    },
     #[error("unknown device {0}")]
     UnknownDevice(DeviceId),
     #[error("{op} is out of bounds: offset {offset} + {len} bytes > allocation size {size}")]
@@ -109,19 +121,34 @@ pub enum BackendError {
         len: u64,
         size: u64,
     },
-    #[error("the {backend} backend holds no bytes ({op} is not possible; it models accounting and time only)")]
-    NoBytes { backend: BackendKind, op: &'static str },
+    #[error(
+        "the {backend} backend holds no bytes ({op} is not possible; it models accounting and time only)"
+    )]
+    NoBytes {
+        backend: BackendKind,
+        op: &'static str,
+    },
     #[error("{op} is not supported by the {backend} backend: {why}")]
     Unsupported {
         backend: BackendKind,
         op: &'static str,
         why: String,
     },
-    #[error("cannot load {library}: {detail} (looked in: {searched}; set {env_var} to point elsewhere)")]
+    #[error(
+        "cannot load {library}: {detail} (looked in: {searched}; set {env_var} to point elsewhere)"
+    )]
     LibraryMissing {
         library: String,
         searched: String,
         env_var: &'static str,
+        detail: String,
+    },
+    #[error(
+        "{library} has no symbol {symbol}: {detail} (the installed driver or toolkit is older than this backend needs)"
+    )]
+    SymbolMissing {
+        library: String,
+        symbol: &'static str,
         detail: String,
     },
     #[error("{api} returned {name} ({code}): {message}")]
@@ -193,12 +220,22 @@ pub trait DeviceBackend: Send + Sync + fmt::Debug {
     fn export(&self, handle: PhysHandle) -> BackendResult<SharedHandle>;
 
     /// Import an allocation exported by another process, of `size` bytes, onto `device`.
-    fn import(&self, device: DeviceId, shared: SharedHandle, size: u64)
-    -> BackendResult<PhysHandle>;
+    fn import(
+        &self,
+        device: DeviceId,
+        shared: SharedHandle,
+        size: u64,
+    ) -> BackendResult<PhysHandle>;
 
     /// The host-visible pointer to `addr` when device memory is host memory (the host backend);
     /// `None` elsewhere. CPU compute reads mapped views through this.
     fn host_pointer(&self, _range: VirtRange, _addr: u64) -> Option<*const u8> {
         None
+    }
+
+    /// Live telemetry of one device (memory, utilization, temperature, power, health) where the
+    /// backend has a management library (DCMI, NVML); `None` where it has none.
+    fn telemetry(&self, _device: DeviceId) -> BackendResult<Option<DeviceTelemetry>> {
+        Ok(None)
     }
 }

@@ -1,0 +1,154 @@
+//! A cache of generated checkpoints, one directory per (model, seed, generator version).
+//! A directory only ever appears under its final name complete: it is generated under a
+//! unique temporary name and renamed into place, so concurrent agents never see half a
+//! checkpoint, and a crash leaves only a temporary directory that is never reused.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use super::generate::expected_info;
+use super::{
+    CONFIG_FILE, CheckpointError, GENERATOR_VERSION, GeneratedInfo, INFO_FILE, WEIGHTS_FILE,
+};
+use crate::model::ModelSpec;
+
+/// Temporary directories older than this belong to a crashed generator (a generation takes
+/// seconds) and are removed.
+const STALE_TEMP: Duration = Duration::from_secs(3600);
+
+/// The directory name of a cached checkpoint: `<name>-s<seed>-g<version>`.
+pub fn cache_key(spec: &ModelSpec, seed: u64) -> String {
+    // The name may come from a directory name: keep it a single safe path component.
+    let name: String = spec
+        .name
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '-' | '_' | '.' => c,
+            _ => '_',
+        })
+        .collect();
+    let name = name.trim_start_matches('.');
+    format!("{name}-s{seed}-g{GENERATOR_VERSION}")
+}
+
+/// The checkpoint directory of `spec` and `seed` under `cache_root`, generated first unless a
+/// complete one is already there.
+pub fn ensure_generated(
+    spec: &ModelSpec,
+    seed: u64,
+    cache_root: &Path,
+) -> Result<PathBuf, CheckpointError> {
+    let expected = expected_info(spec, seed)?;
+    let key = cache_key(spec, seed);
+    let dir = cache_root.join(&key);
+    if is_complete(&dir, &expected) {
+        return Ok(dir);
+    }
+    std::fs::create_dir_all(cache_root)
+        .map_err(|e| CheckpointError::io("create", cache_root, e))?;
+    let tmp = cache_root.join(format!(".{key}.tmp-{}", unique()));
+    let result = generate_into(spec, seed, cache_root, &tmp, &dir, &expected);
+    if tmp.exists() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    if result.is_ok() {
+        remove_stale_temps(cache_root, &key);
+    }
+    result.map(|()| dir)
+}
+
+fn generate_into(
+    spec: &ModelSpec,
+    seed: u64,
+    root: &Path,
+    tmp: &Path,
+    dir: &Path,
+    expected: &GeneratedInfo,
+) -> Result<(), CheckpointError> {
+    let info = super::generate(spec, seed, tmp)?;
+    if &info != expected {
+        return Err(CheckpointError::Cache {
+            dir: tmp.to_path_buf(),
+            why: format!("generated {info:?}, expected {expected:?}"),
+        });
+    }
+    sync_dir(tmp)?;
+    // Two tries: a directory in the way that is not a complete checkpoint (left by an older
+    // tool or damaged) is moved aside once, then our rename must win or lose to a complete one.
+    for _ in 0..2 {
+        match std::fs::rename(tmp, dir) {
+            Ok(()) => return sync_dir(root),
+            Err(_) if dir.exists() => {
+                if is_complete(dir, expected) {
+                    // Another generator won the race with identical bytes: use its directory.
+                    return Ok(());
+                }
+                let aside = root.join(format!(".{}.stale-{}", cache_key(spec, seed), unique()));
+                if std::fs::rename(dir, &aside).is_ok() {
+                    let _ = std::fs::remove_dir_all(&aside);
+                }
+            }
+            Err(e) => return Err(CheckpointError::io("rename into place", dir, e)),
+        }
+    }
+    Err(CheckpointError::Cache {
+        dir: dir.to_path_buf(),
+        why: "a directory that is not a complete checkpoint keeps reappearing there".into(),
+    })
+}
+
+/// Complete means: our record is there and matches, the config is there, and the weights file
+/// has the recorded size (catches a file truncated after the fact).
+fn is_complete(dir: &Path, expected: &GeneratedInfo) -> bool {
+    let info = std::fs::read(dir.join(INFO_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<GeneratedInfo>(&b).ok());
+    info.as_ref() == Some(expected)
+        && dir.join(CONFIG_FILE).is_file()
+        && std::fs::metadata(dir.join(WEIGHTS_FILE)).is_ok_and(|m| m.len() == expected.file_bytes)
+}
+
+/// Unique among processes (pid) and among threads of this one (counter).
+fn unique() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{}-{nanos}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Makes a rename durable: without it a crash could leave the name pointing at nothing.
+fn sync_dir(dir: &Path) -> Result<(), CheckpointError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| CheckpointError::io("sync", dir, e))
+}
+
+/// Best effort: removes temporary directories of `key` left by crashed generators.
+fn remove_stale_temps(root: &Path, key: &str) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    let prefixes = [format!(".{key}.tmp-"), format!(".{key}.stale-")];
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !prefixes.iter().any(|p| name.starts_with(p.as_str())) {
+            continue;
+        }
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > STALE_TEMP);
+        if old {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}

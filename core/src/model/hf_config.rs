@@ -1,0 +1,476 @@
+//! Reading a Hugging Face `config.json` of the DeepSeek-V2/V3, Qwen2-MoE/Qwen3-MoE and Mixtral
+//! families into a [`ModelSpec`]. Strict: a missing field, a field of the wrong type, or a field
+//! we do not know is an error naming it, so a model is never planned from a half-read config.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde_json::{Map, Value};
+
+use super::{Attention, DType, Family, ModelSpec};
+
+/// Why a `config.json` was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum HfConfigError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config.json is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("config.json must be a JSON object at the top level")]
+    NotObject,
+    #[error("config.json: missing field `{field}` (required for model_type `{model_type}`)")]
+    Missing { field: String, model_type: String },
+    #[error("config.json: field `{field}` must be {expected}, got {got}")]
+    WrongType {
+        field: String,
+        expected: &'static str,
+        got: String,
+    },
+    #[error(
+        "config.json: model_type `{value}` is not supported (supported: deepseek_v2, deepseek_v3, qwen2_moe, qwen3_moe, mixtral)"
+    )]
+    UnknownModelType { value: String },
+    #[error(
+        "config.json: unknown field `{field}` for model_type `{model_type}` (it may change the model's shapes, so it is not ignored)"
+    )]
+    UnknownField { field: String, model_type: String },
+    #[error("config.json: field `{field}` has unsupported value {value}: {why}")]
+    Unsupported {
+        field: String,
+        value: String,
+        why: &'static str,
+    },
+}
+
+/// Fields that never change tensor shapes or placement: read past them.
+const NEUTRAL: &[&str] = &[
+    "_name_or_path",
+    "architectures",
+    "attention_bias",
+    "attention_dropout",
+    "aux_loss_alpha",
+    "auto_map",
+    "bos_token_id",
+    "eos_token_id",
+    "ep_size",
+    "hidden_act",
+    "initializer_range",
+    "layer_types",
+    "max_position_embeddings",
+    "max_window_layers",
+    "n_group",
+    "norm_topk_prob",
+    "num_nextn_predict_layers",
+    "output_router_logits",
+    "pad_token_id",
+    "pretraining_tp",
+    "rope_parameters",
+    "rope_scaling",
+    "routed_scaling_factor",
+    "router_aux_loss_coef",
+    "router_jitter_noise",
+    "scoring_func",
+    "seq_aux",
+    "sliding_window",
+    "topk_group",
+    "topk_method",
+    "transformers_version",
+    "use_cache",
+    "use_sliding_window",
+];
+
+struct Fields<'a> {
+    obj: &'a Map<String, Value>,
+    model_type: String,
+    used: BTreeSet<&'static str>,
+}
+
+impl<'a> Fields<'a> {
+    fn get(&mut self, field: &'static str) -> Option<&'a Value> {
+        self.used.insert(field);
+        self.obj.get(field).filter(|v| !v.is_null())
+    }
+
+    fn missing(&self, field: &str) -> HfConfigError {
+        HfConfigError::Missing {
+            field: field.to_string(),
+            model_type: self.model_type.clone(),
+        }
+    }
+
+    fn opt_u32(&mut self, field: &'static str) -> Result<Option<u32>, HfConfigError> {
+        match self.get(field) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .map(Some)
+                .ok_or_else(|| wrong(field, "a whole number that fits in 32 bits", v)),
+        }
+    }
+
+    fn u32(&mut self, field: &'static str) -> Result<u32, HfConfigError> {
+        self.opt_u32(field)?.ok_or_else(|| self.missing(field))
+    }
+
+    fn opt_f64(&mut self, field: &'static str) -> Result<Option<f64>, HfConfigError> {
+        match self.get(field) {
+            None => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| wrong(field, "a number", v)),
+        }
+    }
+
+    fn opt_bool(&mut self, field: &'static str) -> Result<Option<bool>, HfConfigError> {
+        match self.get(field) {
+            None => Ok(None),
+            Some(v) => v
+                .as_bool()
+                .map(Some)
+                .ok_or_else(|| wrong(field, "true or false", v)),
+        }
+    }
+
+    fn u32_list(&mut self, field: &'static str) -> Result<Vec<u32>, HfConfigError> {
+        match self.get(field) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| {
+                    v.as_u64()
+                        .and_then(|n| u32::try_from(n).ok())
+                        .ok_or_else(|| wrong(field, "a list of whole numbers", v))
+                })
+                .collect(),
+            Some(v) => Err(wrong(field, "a list of whole numbers", v)),
+        }
+    }
+
+    /// Error on the first field neither read nor known to be neutral.
+    fn finish(self) -> Result<(), HfConfigError> {
+        for key in self.obj.keys() {
+            if !self.used.contains(key.as_str()) && !NEUTRAL.contains(&key.as_str()) {
+                return Err(HfConfigError::UnknownField {
+                    field: key.clone(),
+                    model_type: self.model_type,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn wrong(field: &str, expected: &'static str, v: &Value) -> HfConfigError {
+    HfConfigError::WrongType {
+        field: field.to_string(),
+        expected,
+        got: v.to_string(),
+    }
+}
+
+/// Parse a `config.json` text; `name` becomes the spec's name.
+pub fn from_hf_config(text: &str, name: &str) -> Result<ModelSpec, HfConfigError> {
+    let root: Value = serde_json::from_str(text)?;
+    let obj = root.as_object().ok_or(HfConfigError::NotObject)?;
+    let model_type = match obj.get("model_type") {
+        None => {
+            return Err(HfConfigError::Missing {
+                field: "model_type".into(),
+                model_type: "?".into(),
+            });
+        }
+        Some(Value::String(s)) => s.clone(),
+        Some(v) => return Err(wrong("model_type", "a string", v)),
+    };
+    let family = Family::ALL
+        .into_iter()
+        .find(|f| f.model_type() == model_type)
+        .ok_or_else(|| HfConfigError::UnknownModelType {
+            value: model_type.clone(),
+        })?;
+    let mut f = Fields {
+        obj,
+        model_type,
+        used: BTreeSet::from(["model_type"]),
+    };
+
+    let dtype = read_dtype(&mut f)?;
+    let hidden_size = f.u32("hidden_size")?;
+    let num_attention_heads = f.u32("num_attention_heads")?;
+    let num_layers = f.u32("num_hidden_layers")?;
+    let vocab_size = f.u32("vocab_size")?;
+    let num_kv_heads = f.u32("num_key_value_heads")?;
+    let tie_word_embeddings = f.opt_bool("tie_word_embeddings")?.unwrap_or(false);
+    let rms_norm_eps = f.opt_f64("rms_norm_eps")?.unwrap_or(1e-6);
+    let rope_theta = f.opt_f64("rope_theta")?.unwrap_or(10000.0);
+    let top_k = f.u32("num_experts_per_tok")?;
+    let gqa_head_dim = |f: &mut Fields| -> Result<u32, HfConfigError> {
+        Ok(f.opt_u32("head_dim")?
+            .unwrap_or(hidden_size / num_attention_heads.max(1)))
+    };
+
+    let mut spec = ModelSpec {
+        name: name.to_string(),
+        family,
+        num_layers,
+        first_dense_layers: 0,
+        moe_layer_freq: 1,
+        decoder_sparse_step: 1,
+        mlp_only_layers: Vec::new(),
+        hidden_size,
+        intermediate_size: 0,
+        moe_intermediate_size: 0,
+        num_routed_experts: 0,
+        num_shared_experts: 0,
+        shared_expert_intermediate_size: 0,
+        top_k,
+        num_attention_heads,
+        attention: Attention::Gqa {
+            num_kv_heads,
+            head_dim: 0,
+            qkv_bias: false,
+            qk_norm: false,
+        },
+        vocab_size,
+        tie_word_embeddings,
+        dtype,
+        rms_norm_eps,
+        rope_theta,
+    };
+    match family {
+        Family::DeepseekV2 | Family::DeepseekV3 => {
+            spec.intermediate_size = f.u32("intermediate_size")?;
+            spec.moe_intermediate_size = f.u32("moe_intermediate_size")?;
+            spec.num_routed_experts = f.u32("n_routed_experts")?;
+            spec.num_shared_experts = f.opt_u32("n_shared_experts")?.unwrap_or(0);
+            spec.shared_expert_intermediate_size =
+                spec.num_shared_experts * spec.moe_intermediate_size;
+            spec.first_dense_layers = f.opt_u32("first_k_dense_replace")?.unwrap_or(0);
+            spec.moe_layer_freq = f.opt_u32("moe_layer_freq")?.unwrap_or(1).max(1);
+            spec.attention = Attention::Mla {
+                q_lora_rank: f.opt_u32("q_lora_rank")?,
+                kv_lora_rank: f.u32("kv_lora_rank")?,
+                qk_nope_head_dim: f.u32("qk_nope_head_dim")?,
+                qk_rope_head_dim: f.u32("qk_rope_head_dim")?,
+                v_head_dim: f.u32("v_head_dim")?,
+            };
+        }
+        Family::Qwen2Moe | Family::Qwen3Moe => {
+            spec.intermediate_size = f.u32("intermediate_size")?;
+            spec.moe_intermediate_size = f.u32("moe_intermediate_size")?;
+            spec.num_routed_experts = f.u32("num_experts")?;
+            spec.decoder_sparse_step = f.opt_u32("decoder_sparse_step")?.unwrap_or(1).max(1);
+            spec.mlp_only_layers = f.u32_list("mlp_only_layers")?;
+            let qwen2 = family == Family::Qwen2Moe;
+            if qwen2 {
+                spec.shared_expert_intermediate_size = f.u32("shared_expert_intermediate_size")?;
+                spec.num_shared_experts = u32::from(spec.shared_expert_intermediate_size > 0);
+            }
+            spec.attention = Attention::Gqa {
+                num_kv_heads,
+                head_dim: gqa_head_dim(&mut f)?,
+                qkv_bias: qwen2,
+                qk_norm: !qwen2,
+            };
+        }
+        Family::Mixtral => {
+            // Mixtral's `intermediate_size` is the expert width; it has no dense layers.
+            spec.moe_intermediate_size = f.u32("intermediate_size")?;
+            spec.intermediate_size = spec.moe_intermediate_size;
+            spec.num_routed_experts = f.u32("num_local_experts")?;
+            spec.attention = Attention::Gqa {
+                num_kv_heads,
+                head_dim: gqa_head_dim(&mut f)?,
+                qkv_bias: false,
+                qk_norm: false,
+            };
+        }
+    }
+    validate(&spec)?;
+    f.finish()?;
+    Ok(spec)
+}
+
+fn read_dtype(f: &mut Fields) -> Result<DType, HfConfigError> {
+    let name = match f.get("torch_dtype").or_else(|| f.get("dtype")) {
+        None => return Err(f.missing("torch_dtype")),
+        Some(Value::String(s)) => s.clone(),
+        Some(v) => return Err(wrong("torch_dtype", "a string", v)),
+    };
+    let base = match name.as_str() {
+        "bfloat16" => DType::Bf16,
+        "float16" => DType::F16,
+        "float32" => DType::F32,
+        other => {
+            return Err(HfConfigError::Unsupported {
+                field: "torch_dtype".into(),
+                value: format!("\"{other}\""),
+                why: "expected bfloat16, float16 or float32",
+            });
+        }
+    };
+    let Some(q) = f.get("quantization_config") else {
+        return Ok(base);
+    };
+    let method = q.get("quant_method").and_then(Value::as_str).unwrap_or("");
+    let fmt = q.get("fmt").and_then(Value::as_str).unwrap_or("e4m3");
+    if method == "fp8" && fmt == "e4m3" {
+        Ok(DType::Fp8E4m3)
+    } else {
+        Err(HfConfigError::Unsupported {
+            field: "quantization_config".into(),
+            value: q.to_string(),
+            why: "only block-wise fp8 e4m3 (DeepSeek-V3's release) is understood",
+        })
+    }
+}
+
+fn validate(s: &ModelSpec) -> Result<(), HfConfigError> {
+    let positive = [
+        ("hidden_size", s.hidden_size),
+        ("num_attention_heads", s.num_attention_heads),
+        ("num_hidden_layers", s.num_layers),
+        ("vocab_size", s.vocab_size),
+        ("num_experts_per_tok", s.top_k),
+        ("moe_intermediate_size", s.moe_intermediate_size),
+    ];
+    for (field, v) in positive {
+        if v == 0 {
+            return Err(HfConfigError::Unsupported {
+                field: field.into(),
+                value: "0".into(),
+                why: "must be at least 1",
+            });
+        }
+    }
+    if s.num_routed_experts == 0 || s.top_k > s.num_routed_experts {
+        return Err(HfConfigError::Unsupported {
+            field: "num_experts_per_tok".into(),
+            value: s.top_k.to_string(),
+            why: "must be at most the number of routed experts, which must be at least 1",
+        });
+    }
+    if s.moe_layers().is_empty() {
+        return Err(HfConfigError::Unsupported {
+            field: "num_hidden_layers".into(),
+            value: s.num_layers.to_string(),
+            why: "the config leaves no MoE layer",
+        });
+    }
+    Ok(())
+}
+
+/// Read `config.json` (or a directory holding one). The spec is named after the directory.
+pub fn from_hf_config_file(path: &Path) -> Result<ModelSpec, HfConfigError> {
+    let file = if path.is_dir() {
+        path.join("config.json")
+    } else {
+        path.to_path_buf()
+    };
+    let text = std::fs::read_to_string(&file).map_err(|source| HfConfigError::Io {
+        path: file.display().to_string(),
+        source,
+    })?;
+    let name = file
+        .parent()
+        .and_then(Path::file_name)
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    from_hf_config(&text, &name)
+}
+
+impl ModelSpec {
+    /// The `config.json` a Hugging Face checkpoint of this spec carries (what we write next to
+    /// generated checkpoints). [`from_hf_config`] reads it back to an equal spec.
+    pub fn to_hf_config(&self) -> Value {
+        let dtype = match self.dtype {
+            DType::Bf16 | DType::Fp8E4m3 => "bfloat16",
+            DType::F16 => "float16",
+            DType::F32 => "float32",
+        };
+        let mut m = serde_json::json!({
+            "model_type": self.family.model_type(),
+            "torch_dtype": dtype,
+            "hidden_size": self.hidden_size,
+            "num_attention_heads": self.num_attention_heads,
+            "num_hidden_layers": self.num_layers,
+            "vocab_size": self.vocab_size,
+            "num_experts_per_tok": self.top_k,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "hidden_act": "silu",
+        });
+        let o = m.as_object_mut().expect("json! of an object literal");
+        let mut set = |k: &str, v: Value| {
+            o.insert(k.to_string(), v);
+        };
+        match self.attention {
+            Attention::Mla {
+                q_lora_rank,
+                kv_lora_rank,
+                qk_nope_head_dim,
+                qk_rope_head_dim,
+                v_head_dim,
+            } => {
+                set("num_key_value_heads", self.num_attention_heads.into());
+                set("q_lora_rank", q_lora_rank.map_or(Value::Null, Value::from));
+                set("kv_lora_rank", kv_lora_rank.into());
+                set("qk_nope_head_dim", qk_nope_head_dim.into());
+                set("qk_rope_head_dim", qk_rope_head_dim.into());
+                set("v_head_dim", v_head_dim.into());
+            }
+            Attention::Gqa {
+                num_kv_heads,
+                head_dim,
+                ..
+            } => {
+                set("num_key_value_heads", num_kv_heads.into());
+                set("head_dim", head_dim.into());
+            }
+        }
+        match self.family {
+            Family::DeepseekV2 | Family::DeepseekV3 => {
+                set("intermediate_size", self.intermediate_size.into());
+                set("moe_intermediate_size", self.moe_intermediate_size.into());
+                set("n_routed_experts", self.num_routed_experts.into());
+                set("n_shared_experts", self.num_shared_experts.into());
+                set("first_k_dense_replace", self.first_dense_layers.into());
+                set("moe_layer_freq", self.moe_layer_freq.into());
+            }
+            Family::Qwen2Moe | Family::Qwen3Moe => {
+                set("intermediate_size", self.intermediate_size.into());
+                set("moe_intermediate_size", self.moe_intermediate_size.into());
+                set("num_experts", self.num_routed_experts.into());
+                set("decoder_sparse_step", self.decoder_sparse_step.into());
+                set("mlp_only_layers", self.mlp_only_layers.clone().into());
+                if self.family == Family::Qwen2Moe {
+                    set(
+                        "shared_expert_intermediate_size",
+                        self.shared_expert_intermediate_size.into(),
+                    );
+                }
+            }
+            Family::Mixtral => {
+                set("intermediate_size", self.moe_intermediate_size.into());
+                set("num_local_experts", self.num_routed_experts.into());
+            }
+        }
+        if self.dtype == DType::Fp8E4m3 {
+            set(
+                "quantization_config",
+                serde_json::json!({
+                    "quant_method": "fp8", "fmt": "e4m3",
+                    "activation_scheme": "dynamic", "weight_block_size": [128, 128]
+                }),
+            );
+        }
+        m
+    }
+}

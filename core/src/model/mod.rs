@@ -1,0 +1,185 @@
+//! Model specs: the shapes of a Mixture-of-Experts transformer, from presets or a Hugging Face
+//! `config.json`, with the tensor inventory and byte sizes per tensor group derived from them.
+
+mod hf_config;
+mod packing;
+mod presets;
+mod tensors;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+pub use hf_config::{HfConfigError, from_hf_config, from_hf_config_file};
+pub use packing::{Pack, PackKey, PackedTensor, TENSOR_ALIGN};
+pub use presets::{PRESETS, Preset, preset};
+pub use tensors::{GroupSizes, Split, TensorGroup, TensorSpec, even_range};
+
+/// The checkpoint family: decides tensor names and which fields a `config.json` carries.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    DeepseekV2,
+    DeepseekV3,
+    Qwen2Moe,
+    Qwen3Moe,
+    Mixtral,
+}
+
+impl Family {
+    /// The Hugging Face `model_type`.
+    pub const fn model_type(self) -> &'static str {
+        match self {
+            Self::DeepseekV2 => "deepseek_v2",
+            Self::DeepseekV3 => "deepseek_v3",
+            Self::Qwen2Moe => "qwen2_moe",
+            Self::Qwen3Moe => "qwen3_moe",
+            Self::Mixtral => "mixtral",
+        }
+    }
+
+    pub const ALL: [Family; 5] = [
+        Self::DeepseekV2,
+        Self::DeepseekV3,
+        Self::Qwen2Moe,
+        Self::Qwen3Moe,
+        Self::Mixtral,
+    ];
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.model_type())
+    }
+}
+
+/// Element type of the weights.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DType {
+    Bf16,
+    F16,
+    F32,
+    /// FP8 E4M3 with per-128×128-block f32 `weight_scale_inv` tensors (DeepSeek-V3's release).
+    Fp8E4m3,
+}
+
+impl DType {
+    pub const fn bytes(self) -> u64 {
+        match self {
+            Self::Bf16 | Self::F16 => 2,
+            Self::F32 => 4,
+            Self::Fp8E4m3 => 1,
+        }
+    }
+
+    /// The safetensors dtype name.
+    pub const fn safetensors_name(self) -> &'static str {
+        match self {
+            Self::Bf16 => "BF16",
+            Self::F16 => "F16",
+            Self::F32 => "F32",
+            Self::Fp8E4m3 => "F8_E4M3",
+        }
+    }
+}
+
+/// Attention shapes: DeepSeek's multi-head latent attention, or grouped-query attention.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Attention {
+    Mla {
+        /// `None` for DeepSeek-V2-Lite, which projects queries directly.
+        q_lora_rank: Option<u32>,
+        kv_lora_rank: u32,
+        qk_nope_head_dim: u32,
+        qk_rope_head_dim: u32,
+        v_head_dim: u32,
+    },
+    Gqa {
+        num_kv_heads: u32,
+        head_dim: u32,
+        /// Qwen2-MoE has biases on q/k/v projections.
+        qkv_bias: bool,
+        /// Qwen3 normalises q and k per head.
+        qk_norm: bool,
+    },
+}
+
+/// The shapes of an MoE model. Construct from a [`preset`] or [`from_hf_config`].
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct ModelSpec {
+    pub name: String,
+    pub family: Family,
+    pub num_layers: u32,
+    /// Leading layers with a dense MLP instead of experts (DeepSeek `first_k_dense_replace`).
+    pub first_dense_layers: u32,
+    /// A layer `l >= first_dense_layers` is MoE when `l % moe_layer_freq == 0` (DeepSeek) …
+    pub moe_layer_freq: u32,
+    /// … or, for Qwen, when `(l + 1) % decoder_sparse_step == 0` and `l` is not MLP-only.
+    pub decoder_sparse_step: u32,
+    pub mlp_only_layers: Vec<u32>,
+    pub hidden_size: u32,
+    /// Dense MLP width (dense layers).
+    pub intermediate_size: u32,
+    /// One routed expert's FFN width.
+    pub moe_intermediate_size: u32,
+    pub num_routed_experts: u32,
+    pub num_shared_experts: u32,
+    /// Total FFN width of the shared expert(s) of one layer (0 when none).
+    pub shared_expert_intermediate_size: u32,
+    pub top_k: u32,
+    pub num_attention_heads: u32,
+    pub attention: Attention,
+    pub vocab_size: u32,
+    pub tie_word_embeddings: bool,
+    pub dtype: DType,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+}
+
+impl ModelSpec {
+    /// Whether layer `l` holds routed experts.
+    pub fn is_moe_layer(&self, l: u32) -> bool {
+        if self.num_routed_experts == 0 || l >= self.num_layers || l < self.first_dense_layers {
+            return false;
+        }
+        if self.mlp_only_layers.contains(&l) {
+            return false;
+        }
+        l.is_multiple_of(self.moe_layer_freq.max(1))
+            && (l + 1).is_multiple_of(self.decoder_sparse_step.max(1))
+    }
+
+    /// The MoE layers in order.
+    pub fn moe_layers(&self) -> Vec<u32> {
+        (0..self.num_layers)
+            .filter(|&l| self.is_moe_layer(l))
+            .collect()
+    }
+
+    /// Key/value cache bytes per token per layer on one device of a TP group of size `tp`.
+    /// MLA caches the compressed latent plus the rope key, shared by all heads (not TP-split);
+    /// GQA caches K and V per KV head, split across TP ranks (replicated when heads < TP).
+    pub fn kv_bytes_per_token_per_layer(&self, tp: u32) -> u64 {
+        let elem = match self.dtype {
+            DType::Fp8E4m3 => 2, // KV stays 16-bit with FP8 weights
+            d => d.bytes(),
+        };
+        match self.attention {
+            Attention::Mla {
+                kv_lora_rank,
+                qk_rope_head_dim,
+                ..
+            } => u64::from(kv_lora_rank + qk_rope_head_dim) * elem,
+            Attention::Gqa {
+                num_kv_heads,
+                head_dim,
+                ..
+            } => {
+                let heads = u64::from(num_kv_heads.div_ceil(tp.max(1)));
+                2 * heads * u64::from(head_dim) * elem
+            }
+        }
+    }
+}

@@ -15,6 +15,7 @@ pub mod device;
 pub mod hmm;
 pub mod model;
 pub mod parallel;
+pub mod plan;
 
 pub use device::DeviceId;
 pub use parallel::{ParallelConfig, ParallelConfigError};

@@ -3,9 +3,11 @@
 //!
 //! - [`cluster`]: building a node — backend, HMM, model, checkpoint, the loaded deployment.
 //! - [`report`]: the node's state as data (JSON for scripts, tables for people).
+//! - [`bandwidth`]: link bandwidths for the planner (measured on host).
 //! - [`cli`]: the `emoe-agent` command line.
 //! - [`exit`]: exit codes.
 
+pub mod bandwidth;
 pub mod cli;
 pub mod cluster;
 pub mod exit;

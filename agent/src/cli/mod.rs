@@ -2,6 +2,7 @@
 //! exit codes are in [`crate::exit`].
 
 mod inspect;
+mod plan;
 
 use std::path::PathBuf;
 
@@ -30,6 +31,8 @@ pub struct Cli {
 pub enum Command {
     /// Load a model onto the devices a config needs and print the node's memory map.
     Inspect(inspect::InspectArgs),
+    /// Plan a scaling step (no side effects): what moves, how many bytes, predicted time and peak.
+    Plan(plan::PlanArgs),
 }
 
 /// Flags that describe a node and the model loaded on it.
@@ -59,7 +62,7 @@ pub struct NodeArgs {
     #[arg(long, default_value = "tiny-moe")]
     pub model: ModelSource,
     /// Parallel config, `dpNtpNepN` with EP = DP × TP (e.g. `dp2tp2ep4`, `DP2-TP2-EP4`).
-    #[arg(long, default_value = "dp2tp2ep4")]
+    #[arg(long, visible_alias = "from", default_value = "dp2tp2ep4")]
     pub config: ParallelConfig,
     /// First device the config occupies; it uses EP devices from there.
     #[arg(long, default_value_t = 0)]
@@ -114,6 +117,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Inspect(a) => inspect::run(&a),
+        Command::Plan(a) => plan::run(&a),
     }
 }
 

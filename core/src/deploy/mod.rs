@@ -91,6 +91,24 @@ pub struct DeviceRegions {
     pub experts: BTreeMap<u32, ExpertSlots>,
 }
 
+impl DeviceRegions {
+    /// Every weight allocation with the content it holds: `(pack, tp rank, allocation)`, the
+    /// key of [`Deployment::checksums`] (experts use rank 0).
+    pub fn weights(&self) -> impl Iterator<Item = (PackKey, u32, AllocId)> + '_ {
+        let non_expert = self
+            .non_expert_allocs
+            .iter()
+            .map(|&(k, a)| (k, self.tp_rank, a));
+        let experts = self.experts.iter().flat_map(|(&layer, s)| {
+            s.slots
+                .iter()
+                .flatten()
+                .map(move |&(expert, a)| (PackKey::Expert { layer, expert }, 0, a))
+        });
+        non_expert.chain(experts)
+    }
+}
+
 /// One device's contiguous expert range for one MoE layer.
 #[derive(Clone, Debug, Serialize)]
 pub struct ExpertSlots {
@@ -235,16 +253,7 @@ impl Deployment {
             return Ok(bad);
         }
         for d in &self.devices {
-            let experts = d
-                .experts
-                .values()
-                .flat_map(|s| s.slots.iter().flatten())
-                .map(|&(x, a)| {
-                    let layer = hmm.allocation(a).and_then(|al| al.tag.layer).unwrap_or(0);
-                    (PackKey::Expert { layer, expert: x }, 0, a)
-                });
-            let non_expert = d.non_expert_allocs.iter().map(|&(k, a)| (k, d.tp_rank, a));
-            for (key, rank, alloc) in non_expert.chain(experts) {
+            for (key, rank, alloc) in d.weights() {
                 let want = self.checksums.get(&(key, rank)).copied();
                 if want != Some(hmm.checksum(alloc)?) {
                     bad.push((d.device, alloc, key));
@@ -258,17 +267,7 @@ impl Deployment {
     pub fn unload(self, hmm: &mut Hmm) -> Result<(), DeployError> {
         hmm.drop_view(self.view)?;
         for d in &self.devices {
-            let experts = d
-                .experts
-                .values()
-                .flat_map(|s| s.slots.iter().flatten())
-                .map(|&(_, a)| a);
-            let all = d
-                .non_expert_allocs
-                .iter()
-                .map(|&(_, a)| a)
-                .chain(experts)
-                .chain([d.kv_alloc]);
+            let all = d.weights().map(|(_, _, a)| a).chain([d.kv_alloc]);
             for a in all {
                 if hmm.allocation(a).is_some_and(|al| al.mappings == 0) {
                     hmm.free(a)?;

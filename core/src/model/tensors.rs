@@ -180,6 +180,21 @@ impl Builder {
     }
 }
 
+impl Builder {
+    /// A SwiGLU MLP of width `width` under `prefix`: gate and up split by rows across TP,
+    /// down by columns (Megatron's column- then row-parallel pair).
+    fn push_mlp(&mut self, prefix: &str, width: u32, h: u32, group: TensorGroup, layer: u32) {
+        for (n, shape, split) in [
+            ("gate_proj", [width, h], Split::Rows),
+            ("up_proj", [width, h], Split::Rows),
+            ("down_proj", [h, width], Split::Cols),
+        ] {
+            let name = format!("{prefix}.{n}.weight");
+            self.push(name, &shape, group, Some(layer), None, split, true);
+        }
+    }
+}
+
 impl ModelSpec {
     /// Every weight tensor, in checkpoint order: embeddings, then per layer attention, norms and
     /// MLP or MoE, then the final norm and the LM head.
@@ -226,22 +241,13 @@ impl ModelSpec {
             if self.is_moe_layer(l) {
                 self.moe_tensors(&mut b, &p, l);
             } else {
-                let i = self.intermediate_size;
-                for (n, shape, split) in [
-                    ("gate_proj", [i, h], Rows),
-                    ("up_proj", [i, h], Rows),
-                    ("down_proj", [h, i], Cols),
-                ] {
-                    b.push(
-                        format!("{p}.mlp.{n}.weight"),
-                        &shape,
-                        G::DenseMlp,
-                        ly,
-                        None,
-                        split,
-                        true,
-                    );
-                }
+                b.push_mlp(
+                    &format!("{p}.mlp"),
+                    self.intermediate_size,
+                    h,
+                    G::DenseMlp,
+                    l,
+                );
             }
         }
         b.push(
@@ -465,21 +471,7 @@ impl ModelSpec {
                 Family::Qwen2Moe => ("shared_expert", true),
                 _ => ("shared_experts", false),
             };
-            for (n, shape, split) in [
-                ("gate_proj", [si, h], Rows),
-                ("up_proj", [si, h], Rows),
-                ("down_proj", [h, si], Cols),
-            ] {
-                b.push(
-                    format!("{p}.mlp.{sname}.{n}.weight"),
-                    &shape,
-                    G::SharedExpert,
-                    ly,
-                    None,
-                    split,
-                    true,
-                );
-            }
+            b.push_mlp(&format!("{p}.mlp.{sname}"), si, h, G::SharedExpert, l);
             if gate_vec {
                 b.push(
                     format!("{p}.mlp.shared_expert_gate.weight"),

@@ -7,6 +7,8 @@
 //! - [`model`]: model specs (presets and Hugging Face `config.json`), tensor inventories, sizes.
 //! - [`checkpoint`]: deterministic safetensors generation and a selective, memory-mapped loader.
 //! - [`deploy`]: a model placed on devices under a parallel config, loaded into the HMM.
+//! - [`plan`]: the scaling planner.
+//! - [`scale`]: running a plan on the HMM (and the paper's baselines).
 
 pub mod backend;
 pub mod checkpoint;
@@ -16,6 +18,7 @@ pub mod hmm;
 pub mod model;
 pub mod parallel;
 pub mod plan;
+pub mod scale;
 
 pub use device::DeviceId;
 pub use parallel::{ParallelConfig, ParallelConfigError};

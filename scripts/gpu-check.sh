@@ -82,7 +82,7 @@ if [ -z "$agent_bin" ] && [ "$have_cargo" = 1 ]; then
     log "building emoe-agent"
     if cargo build --release -p emoe-agent >&2; then agent_bin=target/release/emoe-agent; fi
 fi
-scale_args=${EMOE_SCALE_BENCH_ARGS:-bench scale --backend cuda --logical-per-gpu $LOGICAL --model tiny --compare cold-restart --json}
+scale_args=${EMOE_SCALE_BENCH_ARGS:-bench scale --backend cuda --logical-per-gpu $LOGICAL --model tiny-moe --from dp1tp2ep2 --to dp2tp2ep4 --strategies elastic,cold-restart --runs 3 --json}
 if [ -z "$agent_bin" ] || [ ! -x "$agent_bin" ]; then
     scale_json="{\"skipped\": \"emoe-agent is not built here, so the scale-latency comparison did not run\"}"
 elif ! "$agent_bin" bench --help >/dev/null 2>&1; then

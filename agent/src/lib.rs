@@ -4,6 +4,7 @@
 //! - [`cluster`]: building a node — backend, HMM, model, checkpoint, the loaded deployment.
 //! - [`report`]: the node's state as data (JSON for scripts, tables for people).
 //! - [`bandwidth`]: link bandwidths for the planner (measured on host).
+//! - [`scale`]: running a scaling step — phases, copy workers bounded per link, events, cancel.
 //! - [`cli`]: the `emoe-agent` command line.
 //! - [`exit`]: exit codes.
 
@@ -12,3 +13,4 @@ pub mod cli;
 pub mod cluster;
 pub mod exit;
 pub mod report;
+pub mod scale;

@@ -1,26 +1,9 @@
 //! `emoe-agent inspect` as a script sees it: JSON on stdout, errors on stderr, exit codes.
 
-use std::process::{Command, Output};
+mod common;
+use common::*;
 
 use serde_json::Value;
-
-fn agent(args: &[&str], cache: &std::path::Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_emoe-agent"))
-        .args(args)
-        .env("EMOE_CACHE_DIR", cache)
-        .output()
-        .expect("run emoe-agent")
-}
-
-fn json(out: &Output) -> Value {
-    assert!(
-        out.status.success(),
-        "exit {:?}: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("stdout is one JSON object")
-}
 
 fn u(v: &Value) -> u64 {
     v.as_u64().expect("a number")

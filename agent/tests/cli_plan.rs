@@ -1,14 +1,7 @@
 //! `emoe-agent plan --embedded`: the plan as JSON with the fields scripts rely on; refusals.
 
-use std::process::Command;
-
-fn agent(args: &[&str], cache: &std::path::Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_emoe-agent"))
-        .args(args)
-        .env("EMOE_CACHE_DIR", cache)
-        .output()
-        .expect("run emoe-agent")
-}
+mod common;
+use common::*;
 
 #[test]
 fn plan_json_has_the_documented_fields() {

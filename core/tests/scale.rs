@@ -420,6 +420,10 @@ fn baselines_run_for_real_and_end_in_the_target_config() {
                 assert!(out.new.devices.iter().all(|r| !a.contains(&r.device)));
             }
             Strategy::Extravagant => {
+                out.old
+                    .expect("released by the caller")
+                    .unload(&mut hmm)
+                    .unwrap();
                 assert_eq!(out.new.config, to);
                 assert!(
                     out.new.devices.iter().all(|r| r.device.index >= 4),
@@ -428,6 +432,10 @@ fn baselines_run_for_real_and_end_in_the_target_config() {
                 check_clean(&hmm, &out.new, &c);
             }
             _ => {
+                if let Some(old) = out.old {
+                    assert_eq!(s, Strategy::Colocated);
+                    old.unload(&mut hmm).unwrap();
+                }
                 assert_eq!(out.new.config, to);
                 check_clean(&hmm, &out.new, &c);
             }

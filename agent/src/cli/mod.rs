@@ -1,6 +1,7 @@
 //! The `emoe-agent` command line. Machine output goes to stdout, human messages to stderr;
 //! exit codes are in [`crate::exit`].
 
+mod bench;
 mod inspect;
 mod plan;
 
@@ -33,6 +34,8 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Plan a scaling step (no side effects): what moves, how many bytes, predicted time and peak.
     Plan(plan::PlanArgs),
+    /// Measure: scaling by each strategy side by side (`bench scale`), the planner (`bench plan`).
+    Bench(bench::BenchArgs),
 }
 
 /// Flags that describe a node and the model loaded on it.
@@ -118,6 +121,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Inspect(a) => inspect::run(&a),
         Command::Plan(a) => plan::run(&a),
+        Command::Bench(a) => bench::run(&a),
     }
 }
 

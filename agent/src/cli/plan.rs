@@ -4,7 +4,8 @@ use clap::Args;
 use serde::Serialize;
 
 use emoe_core::ParallelConfig;
-use emoe_core::plan::{self, DeviceState, Plan, PlanInput, Policy};
+use emoe_core::plan::{self, Plan, PlanInput, Policy};
+use emoe_core::scale::pool_state;
 
 use super::{NodeArgs, parse_size};
 use crate::bandwidth::topology_for;
@@ -52,19 +53,7 @@ pub fn run(a: &PlanArgs) -> Result<(), CliError> {
     let node = Node::start(&a.node.options())?;
     let hmm = &node.hmm;
     let d = &node.deployment;
-    let pool: Vec<DeviceState> = hmm
-        .devices()
-        .iter()
-        .map(|info| {
-            let u = hmm.usage(info.id).unwrap_or_default();
-            DeviceState {
-                id: info.id,
-                capacity: u.capacity,
-                used: u.used,
-                granularity: info.granularity,
-            }
-        })
-        .collect();
+    let pool = pool_state(hmm);
     let from_devices: Vec<_> = d.devices.iter().map(|r| r.device).collect();
     let (topology, source) = topology_for(
         node.backend_kind(),

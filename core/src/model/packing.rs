@@ -90,10 +90,7 @@ impl ModelSpec {
     pub fn non_expert_packs(&self, tp: u32, rank: u32) -> Vec<Pack> {
         let mut globals = Vec::new();
         let mut layers: Vec<Vec<TensorSpec>> = vec![Vec::new(); self.num_layers as usize];
-        for t in self.tensors() {
-            if t.group.is_expert() {
-                continue;
-            }
+        for t in self.non_expert_tensors() {
             match t.layer.and_then(|l| layers.get_mut(l as usize)) {
                 Some(v) => v.push(t),
                 None => globals.push(t),
@@ -138,6 +135,15 @@ mod tests {
             .filter(|t| !t.group.is_expert())
             .count();
         assert_eq!(n, non_expert);
+        for name in ["micro-moe", "deepseek-v3", "qwen3-30b-a3b"] {
+            let m = preset(name).unwrap().spec();
+            let filtered: Vec<_> = m
+                .tensors()
+                .into_iter()
+                .filter(|t| !t.group.is_expert())
+                .collect();
+            assert_eq!(m.non_expert_tensors(), filtered, "{name}");
+        }
         for p in &packs {
             for w in p.tensors.windows(2) {
                 assert!(w[0].offset + w[0].len <= w[1].offset);

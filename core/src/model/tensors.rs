@@ -136,6 +136,8 @@ struct Builder {
     out: Vec<TensorSpec>,
     dtype: DType,
     fp8_scales: bool,
+    /// Whether routed experts are listed (most of DeepSeek-V3's ~45k tensors).
+    routed: bool,
 }
 
 impl Builder {
@@ -199,12 +201,23 @@ impl ModelSpec {
     /// Every weight tensor, in checkpoint order: embeddings, then per layer attention, norms and
     /// MLP or MoE, then the final norm and the LM head.
     pub fn tensors(&self) -> Vec<TensorSpec> {
+        self.inventory(true)
+    }
+
+    /// [`tensors`](Self::tensors) without the routed experts, built without them (cheap for
+    /// the planner, which needs only the non-expert packs).
+    pub fn non_expert_tensors(&self) -> Vec<TensorSpec> {
+        self.inventory(false)
+    }
+
+    fn inventory(&self, routed: bool) -> Vec<TensorSpec> {
         use Split::*;
         use TensorGroup as G;
         let mut b = Builder {
             out: Vec::new(),
             dtype: self.dtype,
             fp8_scales: self.dtype == DType::Fp8E4m3,
+            routed,
         };
         let h = self.hidden_size;
         b.push(
@@ -462,7 +475,8 @@ impl ModelSpec {
                 split: Replicated,
             });
         }
-        for x in 0..e {
+        let listed = if b.routed { e } else { 0 };
+        for x in 0..listed {
             self.expert_into(b, p, l, x);
         }
         let si = self.shared_expert_intermediate_size;
@@ -524,6 +538,7 @@ impl ModelSpec {
             out: Vec::new(),
             dtype: self.dtype,
             fp8_scales: self.dtype == DType::Fp8E4m3,
+            routed: true,
         };
         self.expert_into(&mut b, &format!("model.layers.{layer}"), layer, expert);
         b.out
@@ -566,9 +581,8 @@ impl ModelSpec {
     /// Bytes of non-expert weights held by TP rank `rank` of a group of `tp` (its shard of every
     /// non-expert tensor, plus the replicated ones).
     pub fn non_expert_shard_bytes(&self, tp: u32, rank: u32) -> u64 {
-        self.tensors()
+        self.non_expert_tensors()
             .iter()
-            .filter(|t| !t.group.is_expert())
             .map(|t| t.shard_bytes(tp, rank))
             .sum()
     }

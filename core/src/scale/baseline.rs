@@ -87,8 +87,9 @@ impl FromStr for Strategy {
     }
 }
 
-/// What a baseline step produced: the instance serving the target, and the old one when it is
-/// still serving (horizontal keeps both replicas).
+/// What a baseline step produced: the instance serving the target once it is ready, and the old
+/// one when it is still resident — colocated and extravagant leave it for the caller to release
+/// after the switchover ([`Deployment::unload`]); horizontal keeps it serving as a replica.
 #[derive(Debug)]
 pub struct BaselineOutcome {
     pub new: Deployment,
@@ -209,10 +210,10 @@ pub fn run_baseline(
         }
         Strategy::Colocated => {
             match cold_load(hmm, &model, to, to_devices, checkpoint, options, name) {
-                Ok(new) => match old.unload(hmm) {
-                    Ok(()) => Ok(BaselineOutcome { new, old: None }),
-                    Err(e) => Err(BaselineError::lost(e)),
-                },
+                Ok(new) => Ok(BaselineOutcome {
+                    new,
+                    old: Some(old),
+                }),
                 Err(e) => refuse(old, e),
             }
         }
@@ -236,14 +237,10 @@ pub fn run_baseline(
             let devices: Vec<DeviceId> =
                 fresh.into_iter().take(config.devices() as usize).collect();
             match cold_load(hmm, &model, config, &devices, checkpoint, options, name) {
-                Ok(new) if strategy == Strategy::Horizontal => Ok(BaselineOutcome {
+                Ok(new) => Ok(BaselineOutcome {
                     new,
                     old: Some(old),
                 }),
-                Ok(new) => match old.unload(hmm) {
-                    Ok(()) => Ok(BaselineOutcome { new, old: None }),
-                    Err(e) => Err(BaselineError::lost(e)),
-                },
                 Err(e) => refuse(old, e),
             }
         }

@@ -1,0 +1,632 @@
+//! `emoe-agent bench`: measurements that print JSON and compare side by side in one run.
+//!
+//! - `bench scale`: one scaling step by each strategy (ElasticMoE and the paper's baselines), on
+//!   a fresh node per run, reporting the median latency, bytes moved and HMM-measured peak.
+//! - `bench plan`: the planner's own speed on a large model (e.g. DeepSeek-V3 on the modeled
+//!   backend).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+use emoe_core::DeviceId;
+use emoe_core::ParallelConfig;
+use emoe_core::deploy::{DeployOptions, Deployment};
+use emoe_core::plan::{self, Plan, PlanInput, Policy, Topology};
+use emoe_core::scale::{self, Strategy, TransitionOptions, pool_state};
+
+use super::{NodeArgs, parse_size};
+use crate::bandwidth::{measure_memcpy, topology_for};
+use crate::cluster::{DEFAULT_VIRTUAL_DEVICES, Node, NodeOptions};
+use crate::exit::{self, CliError};
+use crate::scale::{ExecOptions, PhaseTimes, run_elastic};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub what: BenchCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Scale from `--from` to `--to` with each strategy and compare latency, bytes and peak.
+    Scale(ScaleArgs),
+    /// Time the planner (no execution of the plan beyond one accounting-only run).
+    Plan(PlanBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// Target parallel config (TP must stay the same).
+    #[arg(long)]
+    pub to: ParallelConfig,
+    /// Comma-separated strategies: elastic, cold-restart, colocated, extravagant, horizontal,
+    /// or `all`. Strategies that need more devices than `--devices` get a larger node (host and
+    /// modeled) and say so in `devices_used`.
+    #[arg(long, default_value = "elastic,cold-restart", value_parser = parse_strategies)]
+    pub strategies: StrategyList,
+    /// Runs per strategy; latency is the median.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub runs: u32,
+    /// Copies in flight at once per link (source device → destination device).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub copies_per_link: u32,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanBenchArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// Target parallel config (TP must stay the same).
+    #[arg(long)]
+    pub to: ParallelConfig,
+    /// Planner runs; the time reported is the median.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub runs: u32,
+    /// Device-to-device bandwidth for the time model (bytes/s); default as in `plan`.
+    #[arg(long, value_parser = parse_size)]
+    pub intra_bw: Option<u64>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Strategies in the order given, each once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StrategyList(pub Vec<Strategy>);
+
+fn parse_strategies(s: &str) -> Result<StrategyList, String> {
+    if s.trim().eq_ignore_ascii_case("all") {
+        return Ok(StrategyList(Strategy::ALL.to_vec()));
+    }
+    let mut v = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let x: Strategy = part.parse()?;
+        if !v.contains(&x) {
+            v.push(x);
+        }
+    }
+    if v.is_empty() {
+        return Err("give at least one strategy, e.g. elastic,cold-restart".into());
+    }
+    Ok(StrategyList(v))
+}
+
+pub fn run(a: &BenchArgs) -> Result<(), CliError> {
+    match &a.what {
+        BenchCommand::Scale(s) => scale_bench(s),
+        BenchCommand::Plan(p) => plan_bench(p),
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
+/// One strategy's results over its runs.
+#[derive(Debug, Serialize)]
+struct StrategyReport {
+    /// Median over runs, seconds from the command to a ready new instance.
+    latency_s: f64,
+    latency_runs_s: Vec<f64>,
+    /// Bytes copied device to device, within devices, or read from disk.
+    bytes_moved: u64,
+    /// Highest HMM-measured peak of any device involved.
+    peak_bytes: u64,
+    /// Sum of the per-device peaks over the devices involved.
+    peak_total_bytes: u64,
+    /// Devices holding an instance at some point of the step.
+    devices_involved: usize,
+    /// Devices of the node the strategy ran on.
+    devices_used: usize,
+    /// Elastic only: bytes that had to move ÷ the memcpy bandwidth measured in this run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    floor_s: Option<f64>,
+    /// Elastic only: median seconds per phase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    phases: Option<PhaseTimes>,
+    /// This strategy's median latency ÷ elastic's (when elastic ran).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vs_elastic: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct ScaleReport {
+    model: String,
+    backend: String,
+    from: ParallelConfig,
+    to: ParallelConfig,
+    runs: u32,
+    /// Host backend: the device-to-device path is a memcpy, measured in this run.
+    memcpy_bytes_per_s: f64,
+    strategies: BTreeMap<String, StrategyReport>,
+    /// Strategies that could not run, with the reason.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    skipped: BTreeMap<String, String>,
+    /// Labels that qualify the numbers (e.g. logical devices carved from one GPU).
+    notes: Vec<String>,
+}
+
+/// One run's measurements.
+struct RunResult {
+    latency_s: f64,
+    bytes_moved: u64,
+    peaks: BTreeMap<DeviceId, u64>,
+    floor_bytes: Option<u64>,
+    phases: Option<PhaseTimes>,
+}
+
+fn involved(old: &Deployment, new: &[&Deployment]) -> Vec<DeviceId> {
+    let mut v: Vec<DeviceId> = old.devices.iter().map(|r| r.device).collect();
+    for d in new {
+        v.extend(d.devices.iter().map(|r| r.device));
+    }
+    v.sort();
+    v.dedup();
+    v
+}
+
+fn plan_input<'a>(
+    d: &'a Deployment,
+    from_devices: &'a [DeviceId],
+    pool: &'a [plan::DeviceState],
+    to: ParallelConfig,
+    kv_tokens: u64,
+    topology: &'a Topology,
+) -> PlanInput<'a> {
+    PlanInput {
+        model: &d.model,
+        from: d.config,
+        from_devices,
+        placement: &d.placement,
+        pool,
+        to,
+        to_devices: None,
+        policy: Policy::Balanced,
+        operation_running: false,
+        kv_tokens,
+        topology,
+    }
+}
+
+fn refused(e: impl Into<anyhow::Error>) -> CliError {
+    CliError::new(exit::REFUSED, e)
+}
+
+/// One run of one strategy on a fresh node. Loading the starting config is not timed.
+fn run_once(
+    s: Strategy,
+    o: &NodeOptions,
+    to: ParallelConfig,
+    exec: &ExecOptions,
+    topology: &Topology,
+) -> Result<RunResult, CliError> {
+    let Node {
+        mut hmm,
+        deployment: old,
+        checkpoint,
+    } = Node::start(o)?;
+    let ids: Vec<DeviceId> = hmm.devices().iter().map(|d| d.id).collect();
+    for d in &ids {
+        hmm.reset_peak(*d).map_err(CliError::failed)?;
+    }
+    let from_devices: Vec<DeviceId> = old.devices.iter().map(|r| r.device).collect();
+    let options = DeployOptions {
+        kv_tokens: o.kv_tokens,
+        ..DeployOptions::default()
+    };
+    let start = Instant::now();
+    let (new, keep, devices, bytes_moved, floor_bytes, phases, latency_s) =
+        if s == Strategy::Elastic {
+            let pool = pool_state(&hmm);
+            let input = plan_input(&old, &from_devices, &pool, to, o.kv_tokens, topology);
+            let p: Plan = plan::plan(&input).map_err(refused)?;
+            let plan_s = start.elapsed().as_secs_f64();
+            let cancel = AtomicBool::new(false);
+            let devices = involved(&old, &[]);
+            let out = run_elastic(
+                &mut hmm,
+                old,
+                &p,
+                checkpoint.as_ref(),
+                exec,
+                &cancel,
+                &|_| {},
+            )
+            .map_err(CliError::failed)?;
+            let mut devices = devices;
+            devices.extend(out.deployment.devices.iter().map(|r| r.device));
+            devices.sort();
+            devices.dedup();
+            let moved = out.stats.moved_bytes();
+            // Ready at the switchover: planning and the phases before release.
+            let latency = plan_s + out.times.latency_s();
+            (
+                out.deployment,
+                None,
+                devices,
+                moved,
+                Some(moved),
+                Some(out.times),
+                latency,
+            )
+        } else {
+            let to_devices: Vec<DeviceId> = {
+                let mut t = from_devices.clone();
+                t.extend(ids.iter().filter(|d| !from_devices.contains(d)).copied());
+                t.truncate(to.devices() as usize);
+                t
+            };
+            let before = involved(&old, &[]);
+            let out = scale::run_baseline(
+                s,
+                &mut hmm,
+                old,
+                to,
+                &to_devices,
+                checkpoint.as_ref(),
+                &options,
+            )
+            .map_err(|e| {
+                let code = match e.error {
+                    scale::ScaleError::NotEnoughDevices { .. }
+                    | scale::ScaleError::NotEnoughMemory { .. }
+                    | scale::ScaleError::Deploy(emoe_core::deploy::DeployError::OutOfMemory {
+                        ..
+                    }) => exit::REFUSED,
+                    _ => exit::FAILED,
+                };
+                CliError::new(code, e)
+            })?;
+            let mut devices = before;
+            devices.extend(out.new.devices.iter().map(|r| r.device));
+            devices.sort();
+            devices.dedup();
+            let moved = out.new.stats.disk_bytes + out.new.stats.p2p_bytes;
+            // Ready when the new instance is loaded; the old one is released after that.
+            let latency = start.elapsed().as_secs_f64();
+            let keep = match out.old {
+                Some(old) if s != Strategy::Horizontal => {
+                    old.unload(&mut hmm).map_err(CliError::failed)?;
+                    None
+                }
+                other => other,
+            };
+            (out.new, keep, devices, moved, None, None, latency)
+        };
+    // Correctness is part of the measurement: the new instance holds the checkpoint's bytes.
+    let bad = new.verify(&hmm).map_err(CliError::failed)?;
+    if !bad.is_empty() {
+        return Err(CliError::failed(anyhow::anyhow!(
+            "{s}: {} allocations differ from the checkpoint after scaling (first: {:?})",
+            bad.len(),
+            bad[0]
+        )));
+    }
+    let mut peaks = BTreeMap::new();
+    for d in devices {
+        peaks.insert(d, hmm.usage(d).map_err(CliError::failed)?.peak);
+    }
+    drop(keep);
+    Ok(RunResult {
+        latency_s,
+        bytes_moved,
+        peaks,
+        floor_bytes,
+        phases,
+    })
+}
+
+fn scale_bench(a: &ScaleArgs) -> Result<(), CliError> {
+    let from = a.node.config;
+    if from.tp() != a.to.tp() {
+        return Err(refused(anyhow::anyhow!(
+            "TP must stay {}, target {} has {}",
+            from.tp(),
+            a.to,
+            a.to.tp()
+        )));
+    }
+    let base = a.node.options();
+    let given = base.devices;
+    let bw = measure_memcpy();
+    let exec = ExecOptions {
+        copies_per_link: a.copies_per_link as usize,
+        transition: TransitionOptions {
+            // Checksums are checked once per run after the step, not inside the timed copies.
+            verify: false,
+            ..TransitionOptions::default()
+        },
+        ..ExecOptions::default()
+    };
+    let mut report = ScaleReport {
+        model: String::new(),
+        backend: String::new(),
+        from,
+        to: a.to,
+        runs: a.runs,
+        memcpy_bytes_per_s: bw,
+        strategies: BTreeMap::new(),
+        skipped: BTreeMap::new(),
+        notes: Vec::new(),
+    };
+    let mut elastic_latency = None;
+    for &s in &a.strategies.0 {
+        let need = s.devices_needed(from, a.to) as u32 + base.first_device;
+        let mut o = base.clone();
+        let virtual_backend = matches!(
+            o.backend.fixed(),
+            Some(emoe_core::backend::BackendKind::Host | emoe_core::backend::BackendKind::Modeled)
+        );
+        if virtual_backend {
+            o.devices = Some(given.unwrap_or(DEFAULT_VIRTUAL_DEVICES).max(need));
+        }
+        let mut runs = Vec::new();
+        let mut skipped = None;
+        for r in 0..a.runs {
+            eprintln!("emoe-agent: bench {s} run {}/{}", r + 1, a.runs);
+            let topology = Topology::uniform(bw, bw);
+            match run_once(s, &o, a.to, &exec, &topology) {
+                Ok(x) => runs.push(x),
+                Err(e) if e.code == exit::REFUSED && runs.is_empty() => {
+                    skipped = Some(format!("{e}"));
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if report.model.is_empty() {
+            // Cheap: the checkpoint is cached after the first run.
+            report.model = match &o.model {
+                crate::cluster::ModelSource::Preset(n) => n.clone(),
+                crate::cluster::ModelSource::Dir(d) => d.display().to_string(),
+            };
+        }
+        if let Some(why) = skipped {
+            eprintln!("emoe-agent: {s} skipped: {why}");
+            report.skipped.insert(s.to_string(), why);
+            continue;
+        }
+        let lat: Vec<f64> = runs.iter().map(|r| r.latency_s).collect();
+        let latency_s = median(&lat);
+        let last = runs.last().expect("at least one run");
+        let phases = (s == Strategy::Elastic).then(|| {
+            let m = |f: fn(&PhaseTimes) -> f64| {
+                median(
+                    &runs
+                        .iter()
+                        .filter_map(|r| r.phases.as_ref().map(f))
+                        .collect::<Vec<_>>(),
+                )
+            };
+            PhaseTimes {
+                prepare_s: m(|p| p.prepare_s),
+                copy_s: m(|p| p.copy_s),
+                commit_s: m(|p| p.commit_s),
+                release_s: m(|p| p.release_s),
+            }
+        });
+        if s == Strategy::Elastic {
+            elastic_latency = Some(latency_s);
+        }
+        report.strategies.insert(
+            s.to_string(),
+            StrategyReport {
+                latency_s,
+                latency_runs_s: lat,
+                bytes_moved: last.bytes_moved,
+                peak_bytes: last.peaks.values().copied().max().unwrap_or(0),
+                peak_total_bytes: last.peaks.values().sum(),
+                devices_involved: last.peaks.len(),
+                devices_used: o.devices.unwrap_or(0) as usize,
+                floor_s: last.floor_bytes.map(|b| b as f64 / bw),
+                phases,
+                vs_elastic: None,
+            },
+        );
+    }
+    if let Some(e) = elastic_latency {
+        for r in report.strategies.values_mut() {
+            r.vs_elastic = Some(r.latency_s / e);
+        }
+    }
+    let kind = base
+        .backend
+        .fixed()
+        .map_or("auto".to_string(), |k| k.to_string());
+    report.backend = kind.clone();
+    if kind == "cuda" && base.logical_per_gpu > 1 {
+        report.notes.push(format!(
+            "{} logical devices carved from each GPU: copies between them are on-device copies, not peer-to-peer links",
+            base.logical_per_gpu
+        ));
+    }
+    if kind == "host" {
+        report.notes.push(
+            "host backend: devices are memfd-backed host memory; P2P is memcpy; disk reads follow posix_fadvise(DONTNEED)"
+                .into(),
+        );
+    }
+    if report.strategies.is_empty() {
+        return Err(refused(anyhow::anyhow!(
+            "no strategy could run: {}",
+            report
+                .skipped
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )));
+    }
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).map_err(CliError::failed)?
+        );
+    } else {
+        print_scale_table(&report);
+    }
+    Ok(())
+}
+
+fn print_scale_table(r: &ScaleReport) {
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    println!(
+        "{} {} → {} on {} ({} runs each; memcpy {:.1} GB/s)",
+        r.model,
+        r.from,
+        r.to,
+        r.backend,
+        r.runs,
+        r.memcpy_bytes_per_s / 1e9
+    );
+    println!(
+        "{:<13} {:>10} {:>9} {:>11} {:>11} {:>8} {:>9}",
+        "strategy", "latency s", "×elastic", "moved MiB", "peak MiB", "devices", "floor s"
+    );
+    for (name, s) in &r.strategies {
+        println!(
+            "{:<13} {:>10.3} {:>9} {:>11.1} {:>11.1} {:>8} {:>9}",
+            name,
+            s.latency_s,
+            s.vs_elastic.map_or("-".into(), |v| format!("{v:.2}")),
+            mib(s.bytes_moved),
+            mib(s.peak_bytes),
+            s.devices_involved,
+            s.floor_s.map_or("-".into(), |v| format!("{v:.3}")),
+        );
+    }
+    for (name, why) in &r.skipped {
+        println!("{name:<13} skipped: {why}");
+    }
+    for n in &r.notes {
+        println!("note: {n}");
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct PlanBenchReport {
+    model: String,
+    backend: String,
+    from: ParallelConfig,
+    to: ParallelConfig,
+    runs: u32,
+    plan_ms_median: f64,
+    plan_ms_min: f64,
+    plan_ms_max: f64,
+    steps: usize,
+    experts_moved: u64,
+    p2p_bytes: u64,
+    predicted_seconds: f64,
+    /// One execution of the plan on the node's backend (accounting only on modeled).
+    execute_ms: f64,
+}
+
+fn plan_bench(a: &PlanBenchArgs) -> Result<(), CliError> {
+    let mut o = a.node.options();
+    let need = a.node.config.devices().max(a.to.devices()) + o.first_device;
+    if o.devices.is_none() {
+        o.devices = Some(need.max(DEFAULT_VIRTUAL_DEVICES));
+    }
+    let Node {
+        mut hmm,
+        deployment: d,
+        checkpoint,
+    } = Node::start(&o)?;
+    let (topology, _) = topology_for(hmm.backend().kind(), a.intra_bw.map(|b| b as f64), None);
+    let pool = pool_state(&hmm);
+    let from_devices: Vec<DeviceId> = d.devices.iter().map(|r| r.device).collect();
+    let input = plan_input(&d, &from_devices, &pool, a.to, o.kv_tokens, &topology);
+    let mut times = Vec::with_capacity(a.runs as usize);
+    let mut last = None;
+    for _ in 0..a.runs {
+        let t = Instant::now();
+        let p = plan::plan(&input).map_err(refused)?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        last = Some(p);
+    }
+    let p = last.expect("runs ≥ 1");
+    let t = Instant::now();
+    let new = scale::execute(
+        &mut hmm,
+        &d,
+        &p,
+        checkpoint.as_ref(),
+        &TransitionOptions::default(),
+    )
+    .map_err(CliError::failed)?;
+    d.unload(&mut hmm).map_err(CliError::failed)?;
+    let execute_ms = t.elapsed().as_secs_f64() * 1e3;
+    let report = PlanBenchReport {
+        model: new.model.name.clone(),
+        backend: hmm.backend().kind().to_string(),
+        from: p.from,
+        to: p.to,
+        runs: a.runs,
+        plan_ms_median: median(&times),
+        plan_ms_min: times.iter().copied().fold(f64::INFINITY, f64::min),
+        plan_ms_max: times.iter().copied().fold(0.0, f64::max),
+        steps: p.steps.len(),
+        experts_moved: p.experts_moved,
+        p2p_bytes: p.p2p_bytes,
+        predicted_seconds: p.predicted_seconds,
+        execute_ms,
+    };
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).map_err(CliError::failed)?
+        );
+    } else {
+        println!(
+            "{} {} → {} on {}: plan {:.2} ms median of {} (min {:.2}, max {:.2}); {} steps, {} experts moved; one execution {:.1} ms",
+            report.model,
+            report.from,
+            report.to,
+            report.backend,
+            report.plan_ms_median,
+            report.runs,
+            report.plan_ms_min,
+            report.plan_ms_max,
+            report.steps,
+            report.experts_moved,
+            report.execute_ms
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strategy_lists() {
+        let l = parse_strategies("elastic, cold-restart,elastic").unwrap();
+        assert_eq!(l.0, vec![Strategy::Elastic, Strategy::ColdRestart]);
+        assert_eq!(parse_strategies("all").unwrap().0.len(), 5);
+        let e = parse_strategies("elastic,warp").unwrap_err();
+        assert!(e.contains("`warp`") && e.contains("cold-restart"), "{e}");
+        assert!(parse_strategies(" , ").is_err());
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+}

@@ -1,0 +1,105 @@
+//! `emoe-agent bench`: the scale comparison's JSON fields, the planner benchmark, refusals.
+
+mod common;
+use common::*;
+
+#[test]
+fn bench_scale_reports_each_strategy_side_by_side() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = agent(
+        &[
+            "bench",
+            "scale",
+            "--backend",
+            "host",
+            "--devices",
+            "8",
+            "--model",
+            "micro-moe",
+            "--from",
+            "dp3tp2ep6",
+            "--to",
+            "dp4tp2ep8",
+            "--strategies",
+            "elastic,cold-restart,extravagant",
+            "--runs",
+            "2",
+            "--json",
+        ],
+        cache.path(),
+    );
+    let r = json(&out);
+    assert_eq!(r["from"], "dp3tp2ep6");
+    assert_eq!(r["to"], "dp4tp2ep8");
+    assert!(r["memcpy_bytes_per_s"].as_f64().unwrap() > 0.0);
+    for s in ["elastic", "cold-restart", "extravagant"] {
+        let x = &r["strategies"][s];
+        assert!(x["latency_s"].as_f64().unwrap() > 0.0, "{s}: {x}");
+        assert_eq!(x["latency_runs_s"].as_array().unwrap().len(), 2);
+        assert!(x["bytes_moved"].as_u64().unwrap() > 0, "{s}");
+        assert!(x["peak_bytes"].as_u64().unwrap() > 0, "{s}");
+        assert!(x["vs_elastic"].as_f64().is_some(), "{s}");
+    }
+    let e = &r["strategies"]["elastic"];
+    assert!(e["floor_s"].as_f64().unwrap() > 0.0);
+    assert!(e["phases"]["copy_s"].as_f64().is_some());
+    // Elastic moves only what changes; a cold restart reloads the whole model.
+    let moved = |s: &str| r["strategies"][s]["bytes_moved"].as_u64().unwrap();
+    assert!(moved("elastic") < moved("cold-restart"));
+    // Extravagant needs 6 old + 8 new devices: the node grew for it.
+    assert_eq!(r["strategies"]["extravagant"]["devices_involved"], 14);
+}
+
+#[test]
+fn bench_plan_times_the_planner() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = agent(
+        &[
+            "bench",
+            "plan",
+            "--backend",
+            "modeled",
+            "--model",
+            "deepseek-v2-lite",
+            "--from",
+            "dp2tp2ep4",
+            "--to",
+            "dp3tp2ep6",
+            "--runs",
+            "3",
+            "--json",
+        ],
+        cache.path(),
+    );
+    let r = json(&out);
+    assert_eq!(r["backend"], "modeled");
+    assert!(r["plan_ms_median"].as_f64().unwrap() > 0.0);
+    assert!(r["experts_moved"].as_u64().unwrap() > 0);
+    assert!(r["execute_ms"].as_f64().unwrap() >= 0.0);
+}
+
+#[test]
+fn bench_refusals_name_the_rule_and_value() {
+    let cache = tempfile::tempdir().unwrap();
+    let base = [
+        "bench",
+        "scale",
+        "--model",
+        "micro-moe",
+        "--from",
+        "dp2tp2ep4",
+    ];
+    let run = |extra: &[&str]| {
+        let mut a: Vec<&str> = base.to_vec();
+        a.extend_from_slice(extra);
+        agent(&a, cache.path())
+    };
+    let out = run(&["--to", "dp3tp2ep6", "--strategies", "elastic,warp"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`warp`"));
+    let out = run(&["--to", "dp2tp4ep8"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("TP must stay 2"));
+    let out = run(&["--to", "dp3tp2ep6", "--runs", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -90,12 +90,18 @@ elif ! "$agent_bin" bench --help >/dev/null 2>&1; then
 else
     log "measuring elastic vs cold-restart scaling: $agent_bin $scale_args"
     # shellcheck disable=SC2086 # word splitting of the argument list is intended
-    scale_out=$("$agent_bin" $scale_args 2>/dev/null)
-    if [ $? -eq 0 ] && [ -n "$scale_out" ]; then
+    scale_err=$(mktemp)
+    scale_out=$("$agent_bin" $scale_args 2>"$scale_err")
+    scale_rc=$?
+    if [ $scale_rc -eq 0 ] && [ -n "$scale_out" ]; then
         scale_json="{\"logical_devices_note\": $(json_str "$LOGICAL logical devices carved from one GPU: copies between them are on-device copies, not peer-to-peer links"), \"result\": $scale_out}"
+    elif [ $scale_rc -eq 4 ]; then
+        # Exit 4: the cuda backend is not available here (no driver library).
+        scale_json="{\"skipped\": $(json_str "$(grep -v '^emoe-agent: bench' "$scale_err" | tail -n 3)")}"
     else
-        scale_json="{\"error\": $(json_str "emoe-agent $scale_args failed")}"
+        scale_json="{\"error\": $(json_str "emoe-agent $scale_args exited $scale_rc: $(tail -n 3 "$scale_err")")}"
     fi
+    rm -f "$scale_err"
 fi
 
 printf '{"gpu": %s, "tests": %s, "vmm_and_copies": %s, "scale": %s}\n' \

@@ -7,6 +7,7 @@
 //! - [`model`]: model specs (presets and Hugging Face `config.json`), tensor inventories, sizes.
 //! - [`checkpoint`]: deterministic safetensors generation and a selective, memory-mapped loader.
 //! - [`deploy`]: a model placed on devices under a parallel config, loaded into the HMM.
+//! - [`engine`]: the MoE compute — real decode steps over an instance's HMM views.
 //! - [`plan`]: the scaling planner.
 //! - [`scale`]: running a plan on the HMM (and the paper's baselines).
 
@@ -14,6 +15,7 @@ pub mod backend;
 pub mod checkpoint;
 pub mod deploy;
 pub mod device;
+pub mod engine;
 pub mod hmm;
 pub mod model;
 pub mod parallel;

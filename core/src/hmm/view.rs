@@ -347,6 +347,22 @@ impl Hmm {
         Ok(unsafe { std::slice::from_raw_parts(p, r.range.size as usize) })
     }
 
+    /// Bytes `[offset, offset + len)` of a reservation, read in place through its mappings (zero
+    /// copy). Only the touched slots need to be mapped (an expert range's spare slots may not be).
+    pub fn view_range(
+        &self,
+        res: ReservationId,
+        offset: u64,
+        len: usize,
+    ) -> Result<&[u8], HmmError> {
+        let r = self.get_reservation(res)?;
+        self.pieces("view_range", r, offset, len)?;
+        let p = self.host_pointer(r)?;
+        // SAFETY: `[offset, offset + len)` lies in the reservation and is mapped readable
+        // (checked by `pieces`); mappings change only through `&mut self`, excluded by this borrow.
+        Ok(unsafe { std::slice::from_raw_parts(p.add(offset as usize), len) })
+    }
+
     fn host_pointer(&self, r: &Reservation) -> Result<*const u8, HmmError> {
         self.backend
             .host_pointer(r.range, r.range.base)

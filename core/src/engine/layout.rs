@@ -1,0 +1,277 @@
+//! Where every tensor the engine reads lives: for each TP rank, the slot of its non-expert
+//! reservation (one pack per slot) and the offset inside it; for experts, the offsets inside an
+//! expert pack (the same for every expert); and the KV cache's block layout.
+
+use super::EngineError;
+use crate::model::{Attention, Family, ModelSpec, Pack, PackedTensor};
+
+/// A 2-D bf16 matrix (a 1-D vector has `rows == 1`) inside a reservation slot.
+#[derive(Clone, Copy, Debug)]
+pub struct Mat {
+    pub slot: usize,
+    pub offset: u64,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl Mat {
+    pub fn bytes(&self) -> u64 {
+        (self.rows * self.cols * 2) as u64
+    }
+}
+
+/// A SwiGLU MLP: gate and up `[width, h]`, down `[h, width]` (one TP shard of each).
+#[derive(Clone, Copy, Debug)]
+pub struct Mlp {
+    pub gate: Mat,
+    pub up: Mat,
+    pub down: Mat,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Ffn {
+    Dense(Mlp),
+    Moe { router: Mat, shared: Option<Mlp> },
+}
+
+/// One layer's tensors on one TP rank.
+#[derive(Clone, Copy, Debug)]
+pub struct LayerMats {
+    pub input_norm: Mat,
+    pub post_norm: Mat,
+    /// `[heads_r × (nope + rope), h]`
+    pub q: Mat,
+    /// `[kv_lora + rope, h]`, replicated
+    pub kv_a: Mat,
+    pub kv_a_norm: Mat,
+    /// `[heads_r × (nope + v), kv_lora]`
+    pub kv_b: Mat,
+    /// `[h, heads_r × v]`
+    pub o: Mat,
+    pub ffn: Ffn,
+}
+
+/// One TP rank's tensors.
+#[derive(Clone, Debug)]
+pub struct RankMats {
+    /// `[vocab_r, h]` and the first vocabulary row this rank holds.
+    pub embed: Mat,
+    pub vocab_start: u32,
+    pub final_norm: Mat,
+    pub lm_head: Mat,
+    pub layers: Vec<LayerMats>,
+}
+
+/// Dimensions of the MLA attention the engine runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Dims {
+    pub hidden: usize,
+    pub heads_per_rank: usize,
+    pub nope: usize,
+    pub rope: usize,
+    pub v: usize,
+    pub kv_lora: usize,
+    pub experts: usize,
+    pub top_k: usize,
+    pub eps: f32,
+    pub theta: f32,
+}
+
+impl Dims {
+    /// Values cached per token and layer: the compressed KV and the shared rotary key.
+    pub fn kv_width(&self) -> usize {
+        self.kv_lora + self.rope
+    }
+}
+
+/// The KV cache inside one device's KV allocation: `blocks` blocks of `block_tokens` tokens;
+/// block-major, then layer, then token, each token `kv_width` bf16 values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvLayout {
+    pub blocks: u32,
+    pub block_tokens: u32,
+    pub layers: u32,
+    pub token_bytes: u64,
+}
+
+impl KvLayout {
+    /// Byte offset of token `slot` of `block` in `layer`.
+    pub fn offset(&self, block: u32, layer: u32, slot: u32) -> u64 {
+        ((u64::from(block) * u64::from(self.layers) + u64::from(layer))
+            * u64::from(self.block_tokens)
+            + u64::from(slot))
+            * self.token_bytes
+    }
+
+    /// Bytes of one block's tokens for one layer (contiguous).
+    pub fn run_bytes(&self) -> u64 {
+        u64::from(self.block_tokens) * self.token_bytes
+    }
+}
+
+/// Everything the engine needs to find weights, for a model under a TP degree.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub tp: u32,
+    pub dims: Dims,
+    pub ranks: Vec<RankMats>,
+    /// Offsets inside an expert pack (slot 0-relative; add the slot's offset).
+    pub expert: Mlp,
+    pub moe_layers: Vec<bool>,
+}
+
+fn unsupported(reason: impl Into<String>) -> EngineError {
+    EngineError::Unsupported {
+        reason: reason.into(),
+    }
+}
+
+fn find(pack: &Pack, slot: usize, name: &str) -> Result<Mat, EngineError> {
+    let t: &PackedTensor = pack
+        .tensor(name)
+        .ok_or_else(|| unsupported(format!("tensor {name} is not in its pack")))?;
+    let (rows, cols) = match t.shape.as_slice() {
+        [n] => (1, *n as usize),
+        [r, c] => (*r as usize, *c as usize),
+        s => return Err(unsupported(format!("tensor {name} has shape {s:?}"))),
+    };
+    Ok(Mat {
+        slot,
+        offset: t.offset,
+        rows,
+        cols,
+    })
+}
+
+fn mlp(pack: &Pack, slot: usize, prefix: &str) -> Result<Mlp, EngineError> {
+    Ok(Mlp {
+        gate: find(pack, slot, &format!("{prefix}.gate_proj.weight"))?,
+        up: find(pack, slot, &format!("{prefix}.up_proj.weight"))?,
+        down: find(pack, slot, &format!("{prefix}.down_proj.weight"))?,
+    })
+}
+
+impl Layout {
+    /// The layout of `model` under TP `tp`, or why the engine cannot run it.
+    pub fn new(model: &ModelSpec, tp: u32) -> Result<Self, EngineError> {
+        if model.family != Family::DeepseekV2 {
+            return Err(unsupported(format!(
+                "the engine runs DeepSeek-V2-style models (MLA, softmax routing); {} is {:?}",
+                model.name, model.family
+            )));
+        }
+        let Attention::Mla {
+            q_lora_rank: None,
+            kv_lora_rank,
+            qk_nope_head_dim,
+            qk_rope_head_dim,
+            v_head_dim,
+        } = model.attention
+        else {
+            return Err(unsupported(format!(
+                "{} uses q-LoRA or GQA attention; the engine runs MLA without q-LoRA",
+                model.name
+            )));
+        };
+        if !model.num_attention_heads.is_multiple_of(tp) {
+            return Err(unsupported(format!(
+                "{} attention heads do not split evenly over TP {tp}",
+                model.num_attention_heads
+            )));
+        }
+        if !qk_rope_head_dim.is_multiple_of(2) {
+            return Err(unsupported("the rotary head dim must be even"));
+        }
+        let dims = Dims {
+            hidden: model.hidden_size as usize,
+            heads_per_rank: (model.num_attention_heads / tp) as usize,
+            nope: qk_nope_head_dim as usize,
+            rope: qk_rope_head_dim as usize,
+            v: v_head_dim as usize,
+            kv_lora: kv_lora_rank as usize,
+            experts: model.num_routed_experts as usize,
+            top_k: model.top_k as usize,
+            eps: model.rms_norm_eps as f32,
+            theta: model.rope_theta as f32,
+        };
+        let mut ranks = Vec::with_capacity(tp as usize);
+        for r in 0..tp {
+            let packs = model.non_expert_packs(tp, r);
+            let globals = &packs[0];
+            let embed = find(globals, 0, "model.embed_tokens.weight")?;
+            let lm_head = if model.tie_word_embeddings {
+                embed
+            } else {
+                find(globals, 0, "lm_head.weight")?
+            };
+            let vocab_start = crate::model::even_range(u64::from(model.vocab_size), tp, r).0 as u32;
+            let mut layers = Vec::with_capacity(model.num_layers as usize);
+            for l in 0..model.num_layers {
+                let slot = l as usize + 1;
+                let pack = packs
+                    .get(slot)
+                    .ok_or_else(|| unsupported(format!("layer {l} has no pack")))?;
+                let p = format!("model.layers.{l}");
+                let ffn = if model.is_moe_layer(l) {
+                    let shared = if model.shared_expert_intermediate_size > 0 {
+                        Some(mlp(pack, slot, &format!("{p}.mlp.shared_experts"))?)
+                    } else {
+                        None
+                    };
+                    Ffn::Moe {
+                        router: find(pack, slot, &format!("{p}.mlp.gate.weight"))?,
+                        shared,
+                    }
+                } else {
+                    Ffn::Dense(mlp(pack, slot, &format!("{p}.mlp"))?)
+                };
+                layers.push(LayerMats {
+                    input_norm: find(pack, slot, &format!("{p}.input_layernorm.weight"))?,
+                    post_norm: find(pack, slot, &format!("{p}.post_attention_layernorm.weight"))?,
+                    q: find(pack, slot, &format!("{p}.self_attn.q_proj.weight"))?,
+                    kv_a: find(
+                        pack,
+                        slot,
+                        &format!("{p}.self_attn.kv_a_proj_with_mqa.weight"),
+                    )?,
+                    kv_a_norm: find(pack, slot, &format!("{p}.self_attn.kv_a_layernorm.weight"))?,
+                    kv_b: find(pack, slot, &format!("{p}.self_attn.kv_b_proj.weight"))?,
+                    o: find(pack, slot, &format!("{p}.self_attn.o_proj.weight"))?,
+                    ffn,
+                });
+            }
+            ranks.push(RankMats {
+                embed,
+                vocab_start,
+                final_norm: find(globals, 0, "model.norm.weight")?,
+                lm_head,
+                layers,
+            });
+        }
+        let first = model.moe_layers().first().copied().unwrap_or(0);
+        let ep = model.expert_pack(first, 0);
+        let expert = mlp(&ep, 0, &format!("model.layers.{first}.mlp.experts.0"))?;
+        Ok(Self {
+            tp,
+            dims,
+            ranks,
+            expert,
+            moe_layers: (0..model.num_layers)
+                .map(|l| model.is_moe_layer(l))
+                .collect(),
+        })
+    }
+
+    /// The KV layout of a KV allocation of `len` bytes.
+    pub fn kv_layout(&self, len: u64, block_tokens: u32) -> KvLayout {
+        let layers = self.moe_layers.len() as u32;
+        let token_bytes = (self.dims.kv_width() * 2) as u64;
+        let per_block = u64::from(block_tokens) * u64::from(layers) * token_bytes;
+        KvLayout {
+            blocks: u32::try_from(len / per_block.max(1)).unwrap_or(u32::MAX),
+            block_tokens,
+            layers,
+            token_bytes,
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! The numeric kernels of a decode step: bf16 → f32 widening, GEMM through `matrixmultiply`,
+//! RMSNorm, SiLU, softmax and RoPE. All single-threaded and in a fixed order, so a result depends
+//! only on its inputs — never on the batch it ran in or the device that held the weights.
+
+use half::bf16;
+
+/// Widen little-endian bf16 bytes into `out` (resized to fit).
+pub fn widen(bytes: &[u8], out: &mut Vec<f32>) {
+    out.clear();
+    out.extend(
+        bytes
+            .chunks_exact(2)
+            .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()),
+    );
+}
+
+/// Narrow f32 values to little-endian bf16 bytes (the KV cache's format).
+pub fn narrow(values: &[f32], out: &mut Vec<u8>) {
+    out.clear();
+    for v in values {
+        out.extend_from_slice(&bf16::from_f32(*v).to_le_bytes());
+    }
+}
+
+/// `out[m×n] = x[m×k] · wᵀ` where `w` is `n×k` row-major (a weight stored `[out, in]`).
+pub fn matmul_t(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
+    assert!(x.len() >= m * k && w.len() >= n * k && out.len() >= m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        out[..m * n].fill(0.0);
+        return;
+    }
+    // SAFETY: the asserts above keep every strided access inside the slices; `out` does not
+    // alias `x` or `w` (distinct borrows).
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            x.as_ptr(),
+            k as isize,
+            1,
+            w.as_ptr(),
+            1,
+            k as isize,
+            0.0,
+            out.as_mut_ptr(),
+            n as isize,
+            1,
+        );
+    }
+}
+
+/// `out[m×n] = x[m×k] · w[k×n]` (both row-major).
+pub fn matmul(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
+    assert!(x.len() >= m * k && w.len() >= k * n && out.len() >= m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        out[..m * n].fill(0.0);
+        return;
+    }
+    // SAFETY: as in `matmul_t`.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            x.as_ptr(),
+            k as isize,
+            1,
+            w.as_ptr(),
+            n as isize,
+            1,
+            0.0,
+            out.as_mut_ptr(),
+            n as isize,
+            1,
+        );
+    }
+}
+
+/// RMSNorm of each row of `x` (rows of `w.len()`), into `out`.
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut Vec<f32>) {
+    let d = w.len();
+    out.clear();
+    out.resize(x.len(), 0.0);
+    for (row, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        let ms = row.iter().map(|v| v * v).sum::<f32>() / d as f32;
+        let r = 1.0 / (ms + eps).sqrt();
+        for ((o, v), g) in o.iter_mut().zip(row).zip(w) {
+            *o = v * r * g;
+        }
+    }
+}
+
+/// `gate[i] = silu(gate[i]) * up[i]`.
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+/// Softmax in place.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    if sum > 0.0 {
+        for v in x.iter_mut() {
+            *v /= sum;
+        }
+    }
+}
+
+/// Rotary position embedding of one head vector (pairs `(2i, 2i+1)`) at position `pos`.
+pub fn rope(v: &mut [f32], pos: u32, theta: f32) {
+    let d = v.len();
+    for i in 0..d / 2 {
+        let freq = theta.powf(-2.0 * i as f32 / d as f32);
+        let (s, c) = (pos as f32 * freq).sin_cos();
+        let (a, b) = (v[2 * i], v[2 * i + 1]);
+        v[2 * i] = a * c - b * s;
+        v[2 * i + 1] = a * s + b * c;
+    }
+}
+
+/// Indices of the `k` largest values, largest first; ties go to the lower index.
+pub fn top_k(x: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..x.len()).collect();
+    idx.sort_by(|&a, &b| x[b].total_cmp(&x[a]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gemm_rows_do_not_depend_on_the_batch() {
+        // The determinism the engine relies on: a row's result is the same whatever other rows
+        // share the call.
+        let (k, n) = (300, 77);
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 64.0)
+            .collect();
+        let x: Vec<f32> = (0..13 * k)
+            .map(|i| ((i * 11 % 97) as f32 - 48.0) / 32.0)
+            .collect();
+        let mut all = vec![0.0; 13 * n];
+        matmul_t(&x, 13, k, &w, n, &mut all);
+        for r in 0..13 {
+            let mut one = vec![0.0; n];
+            matmul_t(&x[r * k..(r + 1) * k], 1, k, &w, n, &mut one);
+            assert_eq!(one, all[r * n..(r + 1) * n], "row {r}");
+        }
+    }
+
+    #[test]
+    fn kernels() {
+        let mut out = vec![0.0; 2];
+        matmul(&[1.0, 2.0], 1, 2, &[1.0, 2.0, 3.0, 4.0], 2, &mut out);
+        assert_eq!(out, [7.0, 10.0]);
+        matmul_t(&[1.0, 2.0], 1, 2, &[1.0, 2.0, 3.0, 4.0], 2, &mut out);
+        assert_eq!(out, [5.0, 11.0]);
+        let mut s = vec![1.0, 1.0];
+        softmax(&mut s);
+        assert_eq!(s, [0.5, 0.5]);
+        assert_eq!(top_k(&[0.1, 0.5, 0.5, 0.2], 3), [1, 2, 3]);
+        let mut b = Vec::new();
+        narrow(&[1.5, -2.0], &mut b);
+        let mut f = Vec::new();
+        widen(&b, &mut f);
+        assert_eq!(f, [1.5, -2.0]);
+        let mut v = vec![1.0, 0.0];
+        rope(&mut v, 0, 10000.0);
+        assert_eq!(v, [1.0, 0.0]);
+    }
+}

@@ -1,0 +1,525 @@
+//! The MoE compute: real decode steps on the CPU over an instance's HMM views.
+//!
+//! Per layer, for a batch of requests on one TP group (a DP replica): RMSNorm; MLA attention
+//! with each TP rank's shard of the projections — the compressed KV of the new token appended to
+//! the request's KV blocks on that rank's device and the whole context read back from them; the
+//! ranks' outputs summed in rank order; then a dense SwiGLU MLP, or the router over the gate
+//! weights, top-k, the routed experts' SwiGLU read from whichever device's mapped expert slot
+//! holds them, combined per token in expert-id order, plus the TP-sharded shared experts. Greedy
+//! decoding over the TP-sharded LM head.
+//!
+//! Every weight is read in place through the instance's view (bf16, widened per use); the order
+//! of every sum is fixed and no kernel depends on the batch, so a request's tokens depend only
+//! on the model's bytes and its own prompt — not on the config, the replica, the batch or where
+//! an expert lives. That is what lets the tests compare answers bit for bit across scaling.
+
+mod layout;
+pub mod math;
+
+use std::collections::BTreeMap;
+
+pub use layout::{Dims, Ffn, KvLayout, LayerMats, Layout, Mat, Mlp, RankMats};
+
+use crate::deploy::{Deployment, DeviceRegions};
+use crate::hmm::{Hmm, HmmError, ReservationId};
+use crate::model::ModelSpec;
+
+/// Tokens per KV block.
+pub const BLOCK_TOKENS: u32 = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("the engine cannot run this model: {reason}")]
+    Unsupported { reason: String },
+    #[error("replica {group} does not exist: the instance has {groups} (DP)")]
+    NoGroup { group: usize, groups: usize },
+    #[error("token {token} is outside the vocabulary of {vocab}")]
+    BadToken { token: u32, vocab: u32 },
+    #[error("position {pos} needs KV block {need}, the request holds {have} blocks")]
+    NoBlock { pos: u32, need: usize, have: usize },
+    #[error("KV block {block} does not exist: the device's KV cache has {blocks} blocks")]
+    BadBlock { block: u32, blocks: u32 },
+    #[error("expert {expert} of layer {layer} is not mapped by the instance")]
+    ExpertMissing { layer: u32, expert: u32 },
+    #[error(transparent)]
+    Hmm(#[from] HmmError),
+}
+
+/// One request's part of a step: feed `token` at position `pos`; its KV lives in `blocks`
+/// (block `i` holds positions `i·16 .. i·16+15`) on every device of the replica.
+#[derive(Clone, Copy, Debug)]
+pub struct StepInput<'a> {
+    pub token: u32,
+    pub pos: u32,
+    pub blocks: &'a [u32],
+}
+
+/// What a step produced.
+#[derive(Clone, Debug, Default)]
+pub struct StepOutput {
+    /// The greedy next token of each input, in order.
+    pub next: Vec<u32>,
+    /// Per MoE layer, how many tokens each expert received.
+    pub expert_tokens: BTreeMap<u32, Vec<u32>>,
+}
+
+/// Free KV blocks of one replica's KV caches (the same block ids on every TP rank's device).
+#[derive(Clone, Debug)]
+pub struct BlockPool {
+    free: Vec<u32>,
+    total: u32,
+}
+
+impl BlockPool {
+    pub fn new(blocks: u32) -> Self {
+        Self {
+            free: (0..blocks).rev().collect(),
+            total: blocks,
+        }
+    }
+
+    /// `n` blocks, or `None` (and nothing taken) when fewer are free.
+    pub fn take(&mut self, n: usize) -> Option<Vec<u32>> {
+        if n > self.free.len() {
+            return None;
+        }
+        let at = self.free.len() - n;
+        Some(self.free.split_off(at).into_iter().rev().collect())
+    }
+
+    pub fn give(&mut self, blocks: impl IntoIterator<Item = u32>) {
+        self.free.extend(blocks);
+    }
+
+    pub fn free(&self) -> usize {
+        self.free.len()
+    }
+
+    pub fn total(&self) -> u32 {
+        self.total
+    }
+}
+
+/// Blocks a request of `tokens` positions needs.
+pub fn blocks_for(tokens: u32) -> usize {
+    tokens.div_ceil(BLOCK_TOKENS) as usize
+}
+
+/// The engine for one model under one TP degree (instances of any DP share it).
+#[derive(Clone, Debug)]
+pub struct Engine {
+    layout: Layout,
+    vocab: u32,
+}
+
+/// Scratch buffers reused across the matrices of a step.
+#[derive(Default)]
+struct Scratch {
+    w: Vec<f32>,
+    w2: Vec<f32>,
+    w3: Vec<f32>,
+    bytes: Vec<u8>,
+}
+
+/// Where each expert of each layer can be read: `(reservation, slot offset)`.
+type ExpertIndex = BTreeMap<(u32, u32), (ReservationId, u64)>;
+
+impl Engine {
+    pub fn new(model: &ModelSpec, tp: u32) -> Result<Self, EngineError> {
+        Ok(Self {
+            layout: Layout::new(model, tp)?,
+            vocab: model.vocab_size,
+        })
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The KV layout of `inst`'s KV allocations (they all have the same size).
+    pub fn kv_layout(&self, hmm: &Hmm, inst: &Deployment) -> KvLayout {
+        let len = inst
+            .devices
+            .first()
+            .and_then(|r| hmm.allocation(r.kv_alloc))
+            .map_or(0, |a| a.len);
+        self.layout.kv_layout(len, BLOCK_TOKENS)
+    }
+
+    fn read<'h>(
+        hmm: &'h Hmm,
+        res: ReservationId,
+        m: &Mat,
+        row0: usize,
+        rows: usize,
+    ) -> Result<&'h [u8], EngineError> {
+        let r = hmm
+            .reservation(res)
+            .ok_or(HmmError::UnknownReservation(res))?;
+        let slot = r.slots.get(m.slot).map_or(0, |s| s.offset);
+        let at = slot + m.offset + (row0 * m.cols * 2) as u64;
+        Ok(hmm.view_range(res, at, rows * m.cols * 2)?)
+    }
+
+    /// Widen all of `m` from `dev`'s non-expert view into `out`.
+    fn mat(hmm: &Hmm, dev: &DeviceRegions, m: &Mat, out: &mut Vec<f32>) -> Result<(), EngineError> {
+        let b = Self::read(hmm, dev.non_expert, m, 0, m.rows)?;
+        math::widen(b, out);
+        Ok(())
+    }
+
+    fn expert_index(inst: &Deployment, hmm: &Hmm, group: &[&DeviceRegions]) -> ExpertIndex {
+        let mut ix = ExpertIndex::new();
+        // Holders outside the replica first, then inside, so the replica's own copy wins (the
+        // bytes are identical; locality is the only difference).
+        let inside = |d: &DeviceRegions| group.iter().any(|g| g.device == d.device);
+        let order = inst
+            .devices
+            .iter()
+            .filter(|d| !inside(d))
+            .chain(inst.devices.iter().filter(|d| inside(d)));
+        for d in order {
+            for (&l, s) in &d.experts {
+                let Some(r) = hmm.reservation(s.reservation) else {
+                    continue;
+                };
+                for (i, x) in s.slots.iter().enumerate() {
+                    if let (Some((x, _)), Some(slot)) = (x, r.slots.get(i)) {
+                        ix.insert((l, *x), (s.reservation, slot.offset));
+                    }
+                }
+            }
+        }
+        ix
+    }
+
+    /// One decode step for `batch` on replica `group` of `inst`: appends each input's KV and
+    /// returns its greedy next token.
+    pub fn step(
+        &self,
+        hmm: &Hmm,
+        inst: &Deployment,
+        group: usize,
+        batch: &[StepInput<'_>],
+    ) -> Result<StepOutput, EngineError> {
+        let lay = &self.layout;
+        let tp = lay.tp as usize;
+        let groups = inst.devices.len() / tp.max(1);
+        if group >= groups {
+            return Err(EngineError::NoGroup { group, groups });
+        }
+        let devs: Vec<&DeviceRegions> = inst.devices[group * tp..(group + 1) * tp].iter().collect();
+        let kv = self.kv_layout(hmm, inst);
+        for s in batch {
+            if s.token >= self.vocab {
+                return Err(EngineError::BadToken {
+                    token: s.token,
+                    vocab: self.vocab,
+                });
+            }
+            let need = (s.pos / kv.block_tokens) as usize;
+            if need >= s.blocks.len() {
+                return Err(EngineError::NoBlock {
+                    pos: s.pos,
+                    need,
+                    have: s.blocks.len(),
+                });
+            }
+            if let Some(&bad) = s.blocks.iter().find(|b| **b >= kv.blocks) {
+                return Err(EngineError::BadBlock {
+                    block: bad,
+                    blocks: kv.blocks,
+                });
+            }
+        }
+        let d = lay.dims;
+        let (b, h) = (batch.len(), d.hidden);
+        let mut out = StepOutput::default();
+        if b == 0 {
+            return Ok(out);
+        }
+        let experts = Self::expert_index(inst, hmm, &devs);
+        let mut sc = Scratch::default();
+
+        // Embedding: each token's row from the rank holding its vocabulary shard.
+        let mut x = vec![0.0f32; b * h];
+        for (i, s) in batch.iter().enumerate() {
+            let r = lay
+                .ranks
+                .iter()
+                .rposition(|rm| rm.vocab_start <= s.token)
+                .unwrap_or(0);
+            let rm = &lay.ranks[r];
+            let row = (s.token - rm.vocab_start) as usize;
+            let bytes = Self::read(hmm, devs[r].non_expert, &rm.embed, row, 1)?;
+            math::widen(bytes, &mut sc.w);
+            x[i * h..(i + 1) * h].copy_from_slice(&sc.w);
+        }
+
+        let mut xn = Vec::new();
+        for l in 0..lay.moe_layers.len() {
+            let l0 = &lay.ranks[0].layers[l];
+            Self::mat(hmm, devs[0], &l0.input_norm, &mut sc.w)?;
+            math::rms_norm(&x, &sc.w, d.eps, &mut xn);
+            let attn = self.attention(hmm, &devs, l, &xn, batch, &kv, &mut sc)?;
+            for (a, o) in x.iter_mut().zip(&attn) {
+                *a += o;
+            }
+            Self::mat(hmm, devs[0], &l0.post_norm, &mut sc.w)?;
+            math::rms_norm(&x, &sc.w, d.eps, &mut xn);
+            match l0.ffn {
+                Ffn::Dense(_) => {
+                    let y = self.tp_mlp(hmm, &devs, l, false, &xn, b, &mut sc)?;
+                    for (a, o) in x.iter_mut().zip(&y) {
+                        *a += o;
+                    }
+                }
+                Ffn::Moe { router, shared } => {
+                    let (y, counts) =
+                        self.moe(hmm, devs[0], &experts, l as u32, &router, &xn, b, &mut sc)?;
+                    for (a, o) in x.iter_mut().zip(&y) {
+                        *a += o;
+                    }
+                    if shared.is_some() {
+                        let y = self.tp_mlp(hmm, &devs, l, true, &xn, b, &mut sc)?;
+                        for (a, o) in x.iter_mut().zip(&y) {
+                            *a += o;
+                        }
+                    }
+                    out.expert_tokens.insert(l as u32, counts);
+                }
+            }
+        }
+
+        // Final norm and the LM head, each rank its vocabulary shard; argmax, ties to the lower id.
+        Self::mat(hmm, devs[0], &lay.ranks[0].final_norm, &mut sc.w)?;
+        math::rms_norm(&x, &sc.w, d.eps, &mut xn);
+        let mut best = vec![(f32::NEG_INFINITY, 0u32); b];
+        for (r, rm) in lay.ranks.iter().enumerate() {
+            Self::mat(hmm, devs[r], &rm.lm_head, &mut sc.w)?;
+            let n = rm.lm_head.rows;
+            let mut logits = vec![0.0; b * n];
+            math::matmul_t(&xn, b, h, &sc.w, n, &mut logits);
+            for (i, row) in logits.chunks_exact(n).enumerate() {
+                for (j, v) in row.iter().enumerate() {
+                    if *v > best[i].0 {
+                        best[i] = (*v, rm.vocab_start + j as u32);
+                    }
+                }
+            }
+        }
+        out.next = best.into_iter().map(|(_, t)| t).collect();
+        Ok(out)
+    }
+
+    /// MLA attention of layer `l`: every rank appends the new tokens' compressed KV to its
+    /// device's cache and attends over the whole context; outputs summed in rank order.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        hmm: &Hmm,
+        devs: &[&DeviceRegions],
+        l: usize,
+        xn: &[f32],
+        batch: &[StepInput<'_>],
+        kv: &KvLayout,
+        sc: &mut Scratch,
+    ) -> Result<Vec<f32>, EngineError> {
+        let d = self.layout.dims;
+        let (b, h) = (batch.len(), d.hidden);
+        let (hr, qh, kvw) = (d.heads_per_rank, d.nope + d.rope, d.kv_width());
+        let scale = 1.0 / (qh as f32).sqrt();
+        let mut attn = vec![0.0f32; b * h];
+        let mut q = vec![0.0f32; b * hr * qh];
+        let mut c = vec![0.0f32; b * kvw];
+        let mut a = vec![0.0f32; b * hr * d.v];
+        let mut norm = Vec::new();
+        let mut ctx_vals = Vec::new();
+        for (r, dev) in devs.iter().enumerate() {
+            let lm = &self.layout.ranks[r].layers[l];
+            Self::mat(hmm, dev, &lm.q, &mut sc.w)?;
+            math::matmul_t(xn, b, h, &sc.w, hr * qh, &mut q);
+            Self::mat(hmm, dev, &lm.kv_a, &mut sc.w)?;
+            math::matmul_t(xn, b, h, &sc.w, kvw, &mut c);
+            Self::mat(hmm, dev, &lm.kv_a_norm, &mut sc.w2)?;
+            // Append each token's [norm(c_kv), rope(k_rope)] to its block.
+            for (i, s) in batch.iter().enumerate() {
+                let row = &mut c[i * kvw..(i + 1) * kvw];
+                math::rms_norm(&row[..d.kv_lora], &sc.w2, d.eps, &mut norm);
+                row[..d.kv_lora].copy_from_slice(&norm);
+                math::rope(&mut row[d.kv_lora..], s.pos, d.theta);
+                math::narrow(row, &mut sc.bytes);
+                let block = s.blocks[(s.pos / kv.block_tokens) as usize];
+                let at = kv.offset(block, l as u32, s.pos % kv.block_tokens);
+                hmm.write_view(dev.kv, at, &sc.bytes)?;
+            }
+            Self::mat(hmm, dev, &lm.kv_b, &mut sc.w)?; // [hr·(nope+v), kv_lora]
+            Self::mat(hmm, dev, &lm.o, &mut sc.w3)?; // [h, hr·v]
+            for (i, s) in batch.iter().enumerate() {
+                // The context, read back from the cache (bf16 as stored).
+                let ctx = (s.pos + 1) as usize;
+                sc.bytes.resize(ctx * kvw * 2, 0);
+                let mut done = 0usize;
+                for &block in s.blocks {
+                    if done >= ctx {
+                        break;
+                    }
+                    let n = (ctx - done).min(kv.block_tokens as usize);
+                    let at = kv.offset(block, l as u32, 0);
+                    hmm.read_view(
+                        dev.kv,
+                        at,
+                        &mut sc.bytes[done * kvw * 2..(done + n) * kvw * 2],
+                    )?;
+                    done += n;
+                }
+                math::widen(&sc.bytes, &mut ctx_vals); // [ctx, kvw]
+                for hh in 0..hr {
+                    let qrow = &q[(i * hr + hh) * qh..(i * hr + hh + 1) * qh];
+                    let w_uk = &sc.w[hh * (d.nope + d.v) * d.kv_lora..][..d.nope * d.kv_lora];
+                    let w_uv =
+                        &sc.w[(hh * (d.nope + d.v) + d.nope) * d.kv_lora..][..d.v * d.kv_lora];
+                    // Absorbed query [W_UKᵀ q_nope, rope(q_rope)] against [c_kv, k_rope].
+                    let mut qa = vec![0.0f32; kvw];
+                    math::matmul(
+                        &qrow[..d.nope],
+                        1,
+                        d.nope,
+                        w_uk,
+                        d.kv_lora,
+                        &mut qa[..d.kv_lora],
+                    );
+                    qa[d.kv_lora..].copy_from_slice(&qrow[d.nope..]);
+                    math::rope(&mut qa[d.kv_lora..], s.pos, d.theta);
+                    let mut scores = vec![0.0f32; ctx];
+                    math::matmul_t(&qa, 1, kvw, &ctx_vals, ctx, &mut scores);
+                    for v in &mut scores {
+                        *v *= scale;
+                    }
+                    math::softmax(&mut scores);
+                    let mut mixed = vec![0.0f32; kvw];
+                    math::matmul(&scores, 1, ctx, &ctx_vals, kvw, &mut mixed);
+                    let out = &mut a[(i * hr + hh) * d.v..(i * hr + hh + 1) * d.v];
+                    math::matmul_t(&mixed[..d.kv_lora], 1, d.kv_lora, w_uv, d.v, out);
+                }
+            }
+            let mut o = vec![0.0f32; b * h];
+            math::matmul_t(&a, b, hr * d.v, &sc.w3, h, &mut o);
+            for (x, y) in attn.iter_mut().zip(&o) {
+                *x += y;
+            }
+        }
+        Ok(attn)
+    }
+
+    /// A TP-sharded SwiGLU MLP (the dense one, or the shared experts), summed in rank order.
+    #[allow(clippy::too_many_arguments)]
+    fn tp_mlp(
+        &self,
+        hmm: &Hmm,
+        devs: &[&DeviceRegions],
+        l: usize,
+        shared: bool,
+        xn: &[f32],
+        b: usize,
+        sc: &mut Scratch,
+    ) -> Result<Vec<f32>, EngineError> {
+        let h = self.layout.dims.hidden;
+        let mut y = vec![0.0f32; b * h];
+        for (r, dev) in devs.iter().enumerate() {
+            let mlp = match self.layout.ranks[r].layers[l].ffn {
+                Ffn::Dense(m) if !shared => m,
+                Ffn::Moe {
+                    shared: Some(m), ..
+                } if shared => m,
+                _ => continue,
+            };
+            let w = mlp.gate.rows;
+            let mut g = vec![0.0f32; b * w];
+            let mut u = vec![0.0f32; b * w];
+            Self::mat(hmm, dev, &mlp.gate, &mut sc.w)?;
+            math::matmul_t(xn, b, h, &sc.w, w, &mut g);
+            Self::mat(hmm, dev, &mlp.up, &mut sc.w)?;
+            math::matmul_t(xn, b, h, &sc.w, w, &mut u);
+            math::swiglu(&mut g, &u);
+            Self::mat(hmm, dev, &mlp.down, &mut sc.w)?;
+            let mut o = vec![0.0f32; b * h];
+            math::matmul_t(&g, b, w, &sc.w, h, &mut o);
+            for (a, v) in y.iter_mut().zip(&o) {
+                *a += v;
+            }
+        }
+        Ok(y)
+    }
+
+    /// Router, top-k and the routed experts of MoE layer `l`, combined per token in expert-id
+    /// order. Returns the output and each expert's token count.
+    #[allow(clippy::too_many_arguments)]
+    fn moe(
+        &self,
+        hmm: &Hmm,
+        dev0: &DeviceRegions,
+        experts: &ExpertIndex,
+        l: u32,
+        router: &Mat,
+        xn: &[f32],
+        b: usize,
+        sc: &mut Scratch,
+    ) -> Result<(Vec<f32>, Vec<u32>), EngineError> {
+        let d = self.layout.dims;
+        let (h, e) = (d.hidden, d.experts);
+        Self::mat(hmm, dev0, router, &mut sc.w)?;
+        let mut logits = vec![0.0f32; b * e];
+        math::matmul_t(xn, b, h, &sc.w, e, &mut logits);
+        // Per expert, the tokens routed to it and their weights (softmax probabilities).
+        let mut routed: Vec<Vec<(usize, f32)>> = vec![Vec::new(); e];
+        for (i, row) in logits.chunks_exact_mut(e).enumerate() {
+            math::softmax(row);
+            for x in math::top_k(row, d.top_k) {
+                routed[x].push((i, row[x]));
+            }
+        }
+        let ex = self.layout.expert;
+        let mi = ex.gate.rows;
+        let mut y = vec![0.0f32; b * h];
+        let mut counts = vec![0u32; e];
+        for (x, toks) in routed.iter().enumerate() {
+            if toks.is_empty() {
+                continue;
+            }
+            counts[x] = toks.len() as u32;
+            let &(res, slot) = experts
+                .get(&(l, x as u32))
+                .ok_or(EngineError::ExpertMissing {
+                    layer: l,
+                    expert: x as u32,
+                })?;
+            let n = toks.len();
+            let mut xe = Vec::with_capacity(n * h);
+            for (i, _) in toks {
+                xe.extend_from_slice(&xn[i * h..(i + 1) * h]);
+            }
+            let read = |m: &Mat, out: &mut Vec<f32>| -> Result<(), EngineError> {
+                let bytes = hmm.view_range(res, slot + m.offset, m.rows * m.cols * 2)?;
+                math::widen(bytes, out);
+                Ok(())
+            };
+            let mut g = vec![0.0f32; n * mi];
+            let mut u = vec![0.0f32; n * mi];
+            read(&ex.gate, &mut sc.w)?;
+            math::matmul_t(&xe, n, h, &sc.w, mi, &mut g);
+            read(&ex.up, &mut sc.w)?;
+            math::matmul_t(&xe, n, h, &sc.w, mi, &mut u);
+            math::swiglu(&mut g, &u);
+            read(&ex.down, &mut sc.w)?;
+            let mut o = vec![0.0f32; n * h];
+            math::matmul_t(&g, n, mi, &sc.w, h, &mut o);
+            for (k, (i, w)) in toks.iter().enumerate() {
+                for (a, v) in y[i * h..(i + 1) * h].iter_mut().zip(&o[k * h..(k + 1) * h]) {
+                    *a += w * v;
+                }
+            }
+        }
+        Ok((y, counts))
+    }
+}

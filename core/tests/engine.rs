@@ -1,0 +1,363 @@
+//! The MoE engine on real host memory: answers are a function of the weights and the prompt
+//! only — the same across replicas, batches, scaling steps, rebalancing and a switchover in the
+//! middle of a request.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+
+use emoe_core::backend::host::{HostBackend, HostConfig};
+use emoe_core::checkpoint::{self, Checkpoint};
+use emoe_core::deploy::{DeployOptions, Deployment};
+use emoe_core::engine::{BlockPool, Engine, StepInput, blocks_for};
+use emoe_core::hmm::Hmm;
+use emoe_core::model::{self, ModelSpec};
+use emoe_core::plan::{self, PlanInput, Policy, Topology};
+use emoe_core::scale::{self, TransitionOptions, pool_state};
+use emoe_core::{DeviceId, ParallelConfig};
+
+struct Model {
+    spec: ModelSpec,
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+}
+
+fn micro() -> &'static Model {
+    static M: OnceLock<Model> = OnceLock::new();
+    M.get_or_init(|| {
+        let spec = model::preset("micro-moe").unwrap().spec();
+        let dir = tempfile::tempdir().unwrap();
+        let path = checkpoint::ensure_generated(&spec, 5, dir.path()).unwrap();
+        Model {
+            spec,
+            _dir: dir,
+            path,
+        }
+    })
+}
+
+fn node(config: &str) -> (Hmm, Deployment, Checkpoint) {
+    let c = Checkpoint::open(&micro().path).unwrap();
+    let b = HostBackend::new(HostConfig {
+        node: 0,
+        devices: 8,
+        capacity: 64 << 20,
+        granularity: 64 << 10,
+    })
+    .unwrap();
+    let mut hmm = Hmm::new(Arc::new(b));
+    let cfg: ParallelConfig = config.parse().unwrap();
+    let devices: Vec<DeviceId> = (0..cfg.devices()).map(|i| DeviceId::new(0, i)).collect();
+    let o = DeployOptions {
+        kv_tokens: 512,
+        ..DeployOptions::default()
+    };
+    let d = Deployment::load(&mut hmm, &micro().spec, cfg, &devices, Some(&c), &o).unwrap();
+    (hmm, d, c)
+}
+
+fn prompts() -> Vec<Vec<u32>> {
+    vec![
+        vec![1, 2, 3, 4, 5],
+        vec![900, 17, 17, 300],
+        (0..21).map(|i| (i * 37 + 11) % 1024).collect(),
+        vec![1023],
+    ]
+}
+
+/// A request being generated: its tokens so far and its KV blocks.
+#[derive(Clone, Debug)]
+struct Seq {
+    tokens: Vec<u32>,
+    prompt: usize,
+    blocks: Vec<u32>,
+}
+
+fn start(prompts: &[Vec<u32>], out: usize, pool: &mut BlockPool) -> Vec<Seq> {
+    prompts
+        .iter()
+        .map(|p| Seq {
+            tokens: p.clone(),
+            prompt: p.len(),
+            blocks: pool.take(blocks_for((p.len() + out) as u32)).unwrap(),
+        })
+        .collect()
+}
+
+/// Run `steps` batched steps: every unfinished sequence feeds its next unprocessed token.
+/// `done[i]` counts positions already in the KV cache; a sequence is finished once it holds its
+/// prompt and `OUT` generated tokens.
+fn run(
+    engine: &Engine,
+    hmm: &Hmm,
+    inst: &Deployment,
+    group: usize,
+    seqs: &mut [Seq],
+    done: &mut [usize],
+    steps: usize,
+) {
+    for _ in 0..steps {
+        let active: Vec<usize> = (0..seqs.len())
+            .filter(|&i| done[i] < seqs[i].prompt + OUT - 1)
+            .collect();
+        if active.is_empty() {
+            return;
+        }
+        let inputs: Vec<StepInput> = active
+            .iter()
+            .map(|&i| StepInput {
+                token: seqs[i].tokens[done[i]],
+                pos: done[i] as u32,
+                blocks: &seqs[i].blocks,
+            })
+            .collect();
+        let out = engine.step(hmm, inst, group, &inputs).unwrap();
+        for (&i, next) in active.iter().zip(out.next) {
+            done[i] += 1;
+            if done[i] >= seqs[i].prompt && done[i] == seqs[i].tokens.len() {
+                seqs[i].tokens.push(next);
+            }
+        }
+    }
+}
+
+/// Greedy answers (generated tokens only) of `prompts`, all in one batch on `group`.
+fn answers(
+    engine: &Engine,
+    hmm: &Hmm,
+    inst: &Deployment,
+    group: usize,
+    prompts: &[Vec<u32>],
+    out: usize,
+) -> Vec<Vec<u32>> {
+    let kv = engine.kv_layout(hmm, inst);
+    let mut pool = BlockPool::new(kv.blocks);
+    let mut seqs = start(prompts, out, &mut pool);
+    let mut done = vec![0; seqs.len()];
+    // Prompts of different lengths in one batch: each step advances every sequence by one.
+    let longest = prompts.iter().map(Vec::len).max().unwrap();
+    run(
+        engine,
+        hmm,
+        inst,
+        group,
+        &mut seqs,
+        &mut done,
+        longest + out - 1,
+    );
+    seqs.iter()
+        .map(|s| s.tokens[s.prompt..s.prompt + out.min(s.tokens.len() - s.prompt)].to_vec())
+        .collect()
+}
+
+fn plan_to(hmm: &Hmm, d: &Deployment, to: &str, policy: Policy) -> plan::Plan {
+    let pool = pool_state(hmm);
+    let from: Vec<DeviceId> = d.devices.iter().map(|r| r.device).collect();
+    let topo = Topology::uniform(1e10, 1e10);
+    let to: ParallelConfig = to.parse().unwrap();
+    let to_devices = (to == d.config).then(|| from.clone());
+    plan::plan(&PlanInput {
+        model: &d.model,
+        from: d.config,
+        from_devices: &from,
+        placement: &d.placement,
+        pool: &pool,
+        to,
+        to_devices,
+        policy,
+        operation_running: false,
+        kv_tokens: 512,
+        topology: &topo,
+    })
+    .unwrap()
+}
+
+fn scale_to(hmm: &mut Hmm, c: &Checkpoint, d: Deployment, to: &str, policy: Policy) -> Deployment {
+    let p = plan_to(hmm, &d, to, policy);
+    let new = scale::execute(hmm, &d, &p, Some(c), &TransitionOptions::default()).unwrap();
+    d.unload(hmm).unwrap();
+    new
+}
+
+const OUT: usize = 6;
+
+fn reference() -> &'static Vec<Vec<u32>> {
+    static R: OnceLock<Vec<Vec<u32>>> = OnceLock::new();
+    R.get_or_init(|| {
+        let (hmm, d, _c) = node("dp2tp2ep4");
+        let e = Engine::new(&d.model, 2).unwrap();
+        answers(&e, &hmm, &d, 0, &prompts(), OUT)
+    })
+}
+
+#[test]
+fn answers_are_real_and_the_same_on_every_replica_and_batch() {
+    let r = reference();
+    assert_eq!(r.len(), 4);
+    assert!(r.iter().all(|a| a.len() == OUT));
+    let distinct: std::collections::BTreeSet<&Vec<u32>> = r.iter().collect();
+    assert!(
+        distinct.len() > 1,
+        "different prompts give different answers: {r:?}"
+    );
+    let (hmm, d, _c) = node("dp2tp2ep4");
+    let e = Engine::new(&d.model, 2).unwrap();
+    assert_eq!(&answers(&e, &hmm, &d, 1, &prompts(), OUT), r, "replica 1");
+    // One prompt alone gives what it gave inside the batch.
+    for (i, p) in prompts().iter().enumerate() {
+        let alone = answers(&e, &hmm, &d, 0, std::slice::from_ref(p), OUT);
+        assert_eq!(alone[0], r[i], "prompt {i} alone");
+    }
+}
+
+#[test]
+fn answers_do_not_change_across_scale_up_down_and_rebalance() {
+    let r = reference();
+    let (mut hmm, d, c) = node("dp2tp2ep4");
+    let e = Engine::new(&d.model, 2).unwrap();
+    let up = scale_to(&mut hmm, &c, d, "dp4tp2ep8", Policy::Balanced);
+    for g in 0..4 {
+        assert_eq!(
+            &answers(&e, &hmm, &up, g, &prompts(), OUT),
+            r,
+            "after scale-up, replica {g}"
+        );
+    }
+    let down = scale_to(&mut hmm, &c, up, "dp3tp2ep6", Policy::Balanced);
+    for g in 0..3 {
+        assert_eq!(
+            &answers(&e, &hmm, &down, g, &prompts(), OUT),
+            r,
+            "after scale-down, replica {g}"
+        );
+    }
+    // Rebalance with hot-expert replicas: placement changes, answers do not.
+    let mut load = BTreeMap::new();
+    for l in down.model.moe_layers() {
+        let mut v = vec![1.0; 16];
+        v[3] = 50.0;
+        v[9] = 20.0;
+        load.insert(l, v);
+    }
+    let before = down.placement.clone();
+    let reb = scale_to(
+        &mut hmm,
+        &c,
+        down,
+        "dp3tp2ep6",
+        Policy::LoadAware { load, replicas: 2 },
+    );
+    assert_ne!(reb.placement, before, "rebalance changed the placement");
+    for g in 0..3 {
+        assert_eq!(
+            &answers(&e, &hmm, &reb, g, &prompts(), OUT),
+            r,
+            "after rebalance, replica {g}"
+        );
+    }
+}
+
+#[test]
+fn a_request_continues_across_the_switchover_without_copying_its_kv() {
+    let r = reference();
+    let (mut hmm, d, c) = node("dp2tp2ep4");
+    let e = Engine::new(&d.model, 2).unwrap();
+    let kv = e.kv_layout(&hmm, &d);
+    let mut pool = BlockPool::new(kv.blocks);
+    let ps = prompts();
+    let mut seqs = start(&ps, OUT, &mut pool);
+    let mut done = vec![0; seqs.len()];
+    let longest = ps.iter().map(Vec::len).max().unwrap();
+    // Half-way on the old instance, replica 0 (devices 0/0 and 0/1) …
+    let first = longest + 1;
+    run(&e, &hmm, &d, 0, &mut seqs, &mut done, first);
+    // … scale up while the requests are in flight …
+    let p = plan_to(&hmm, &d, "dp4tp2ep8", Policy::Balanced);
+    let new = scale::execute(&mut hmm, &d, &p, Some(&c), &TransitionOptions::default()).unwrap();
+    assert_eq!(
+        new.devices[0].kv_alloc, d.devices[0].kv_alloc,
+        "same KV memory, no copy"
+    );
+    d.unload(&mut hmm).unwrap();
+    // … and finish on the new instance's replica 0: the same devices and KV blocks.
+    run(
+        &e,
+        &hmm,
+        &new,
+        0,
+        &mut seqs,
+        &mut done,
+        longest + OUT - 1 - first,
+    );
+    let got: Vec<Vec<u32>> = seqs
+        .iter()
+        .map(|s| s.tokens[s.prompt..s.prompt + OUT].to_vec())
+        .collect();
+    assert_eq!(&got, r);
+}
+
+#[test]
+fn bad_step_inputs_are_refused_by_name() {
+    let (hmm, d, _c) = node("dp2tp2ep4");
+    let e = Engine::new(&d.model, 2).unwrap();
+    let blocks = [0u32];
+    let err = e
+        .step(
+            &hmm,
+            &d,
+            0,
+            &[StepInput {
+                token: 5000,
+                pos: 0,
+                blocks: &blocks,
+            }],
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("5000"), "{err}");
+    let err = e
+        .step(
+            &hmm,
+            &d,
+            0,
+            &[StepInput {
+                token: 1,
+                pos: 40,
+                blocks: &blocks,
+            }],
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("block 2"), "{err}");
+    let err = e
+        .step(
+            &hmm,
+            &d,
+            2,
+            &[StepInput {
+                token: 1,
+                pos: 0,
+                blocks: &blocks,
+            }],
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("replica 2"), "{err}");
+    let big = [u32::MAX];
+    let err = e
+        .step(
+            &hmm,
+            &d,
+            0,
+            &[StepInput {
+                token: 1,
+                pos: 0,
+                blocks: &big,
+            }],
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    let v3 = model::preset("deepseek-v3").unwrap().spec();
+    assert!(
+        Engine::new(&v3, 4)
+            .unwrap_err()
+            .to_string()
+            .contains("DeepSeek-V2")
+    );
+}

@@ -5,6 +5,7 @@
 //! - [`report`]: the node's state as data (JSON for scripts, tables for people).
 //! - [`bandwidth`]: link bandwidths for the planner (measured on host).
 //! - [`scale`]: running a scaling step — phases, copy workers bounded per link, events, cancel.
+//! - [`serve`]: serving the MoE model on the HMM while it scales — instances, workers, switchover.
 //! - [`cli`]: the `emoe-agent` command line.
 //! - [`exit`]: exit codes.
 
@@ -14,3 +15,4 @@ pub mod cluster;
 pub mod exit;
 pub mod report;
 pub mod scale;
+pub mod serve;

@@ -1,0 +1,703 @@
+//! Serving a real MoE model on the HMM while it scales (DESIGN §6–§7).
+//!
+//! A [`Server`] owns the HMM behind a read-write lock, the instances (each a [`Deployment`] — its
+//! own views — with a state), the request queue and the KV blocks. One worker thread per replica
+//! (a TP group of an instance) forms batches, runs [`Engine::step`] under the HMM's read lock and
+//! applies the results; intake never pauses.
+//!
+//! Scaling runs beside the workers: the transition is prepared and committed under short write
+//! locks, its copies run under the read lock while the old instance keeps serving. At the
+//! switchover new requests go to the new instance; in-flight requests whose replica's devices
+//! form a replica of the new instance move to it with their KV blocks (same memory, no copy);
+//! the others finish on the old instance, which is released when it has drained.
+
+mod kv;
+mod worker;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use emoe_core::checkpoint::Checkpoint;
+use emoe_core::deploy::Deployment;
+use emoe_core::engine::{Engine, EngineError};
+use emoe_core::hmm::Hmm;
+use emoe_core::plan::{self, Plan, PlanInput, Policy, Topology};
+use emoe_core::scale::{ScaleError, Transition, TransitionStats, pool_state};
+use emoe_core::{DeviceId, ParallelConfig};
+
+pub use kv::KvBlocks;
+
+use crate::scale::{Event as ScaleEvent, ExecOptions, Phase, PhaseTimes, run_copies};
+
+/// How an instance takes part in serving.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceState {
+    /// Takes new requests.
+    Active,
+    /// Pre-initialized, not serving.
+    Standby,
+    /// Finishes its in-flight requests, takes no new ones.
+    Draining,
+}
+
+/// A request as submitted.
+#[derive(Clone, Debug)]
+pub struct Submit {
+    pub prompt: Vec<u32>,
+    pub output_tokens: u32,
+}
+
+/// A finished request: its timings (seconds since the server started) and its answer.
+#[derive(Clone, Debug, Serialize)]
+pub struct Finished {
+    pub id: u64,
+    pub arrival_s: f64,
+    pub first_token_s: f64,
+    pub finish_s: f64,
+    pub output: Vec<u32>,
+    /// Instances that ran it (two when it crossed a switchover).
+    pub instances: Vec<u64>,
+}
+
+/// Something that happened, for the event stream.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServeEvent {
+    Step {
+        ts: f64,
+        instance: u64,
+        replica: usize,
+        batch: usize,
+        tokens: usize,
+    },
+    Scale {
+        ts: f64,
+        #[serde(flatten)]
+        event: ScaleEvent,
+    },
+    Instance {
+        ts: f64,
+        instance: u64,
+        config: ParallelConfig,
+        state: InstanceState,
+    },
+    Error {
+        ts: f64,
+        message: String,
+    },
+}
+
+/// Knobs of a server.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// Most requests in one decode step of a replica.
+    pub max_batch: usize,
+    pub exec: ExecOptions,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            max_batch: 16,
+            exec: ExecOptions::default(),
+        }
+    }
+}
+
+/// A request in flight.
+#[derive(Debug)]
+struct Running {
+    id: u64,
+    arrival_s: f64,
+    first_token_s: Option<f64>,
+    tokens: Vec<u32>,
+    prompt: usize,
+    output_tokens: u32,
+    /// Positions already in the KV cache.
+    done: usize,
+    blocks: Vec<u32>,
+    instance: u64,
+    replica: usize,
+    /// In a step right now (its worker will apply the result).
+    busy: bool,
+    /// Where it goes once the current step ends (a switchover while it was busy).
+    move_to: Option<(u64, usize)>,
+    instances: Vec<u64>,
+}
+
+impl Running {
+    fn finished(&self) -> bool {
+        self.tokens.len() >= self.prompt + self.output_tokens as usize
+    }
+}
+
+struct Instance {
+    deployment: Arc<Deployment>,
+    state: InstanceState,
+}
+
+/// Everything the workers share, under one mutex.
+struct State {
+    next_instance: u64,
+    instances: BTreeMap<u64, Instance>,
+    active: u64,
+    queue: VecDeque<(u64, f64, Submit)>,
+    running: BTreeMap<u64, Running>,
+    kv: KvBlocks,
+    finished: Vec<Finished>,
+    events: Vec<ServeEvent>,
+    /// Per MoE layer, tokens routed to each expert since the last reset.
+    expert_load: BTreeMap<u32, Vec<u64>>,
+    next_request: u64,
+    stop: bool,
+    scaling: bool,
+}
+
+struct Shared {
+    hmm: RwLock<Hmm>,
+    engine: Engine,
+    state: Mutex<State>,
+    wake: Condvar,
+    start: Instant,
+    opts: ServeOptions,
+    checkpoint: Option<Checkpoint>,
+}
+
+impl Shared {
+    fn t(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Hmm> {
+        self.hmm.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Hmm> {
+        self.hmm.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// What a scaling step while serving measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct ScaleReport {
+    pub from: ParallelConfig,
+    pub to: ParallelConfig,
+    pub started_s: f64,
+    /// Command to the switchover (the new instance serving).
+    pub latency_s: f64,
+    pub times: PhaseTimes,
+    pub stats: TransitionStats,
+    /// Requests that moved to the new instance with their KV, and that drained on the old one.
+    pub moved_requests: usize,
+    pub drained_requests: usize,
+    /// Highest HMM-measured per-device peak during the step.
+    pub peak_bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Plan(#[from] plan::PlanError),
+    #[error(transparent)]
+    Scale(#[from] ScaleError),
+    #[error("an operation is already running: one scaling operation at a time")]
+    Busy,
+    #[error("the prompt is empty; a request needs at least one prompt token")]
+    EmptyPrompt,
+    #[error("output_tokens must be at least 1")]
+    NoOutput,
+    #[error(
+        "the request needs {need} KV blocks ({tokens} tokens), a replica holds {have}: it can never run"
+    )]
+    TooLong { need: usize, tokens: u64, have: u32 },
+}
+
+/// A serving node: the HMM, its instances and their workers.
+pub struct Server {
+    shared: Arc<Shared>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn groups_of(d: &Deployment) -> Vec<Vec<DeviceId>> {
+    let tp = d.config.tp() as usize;
+    d.devices
+        .chunks(tp.max(1))
+        .map(|c| c.iter().map(|r| r.device).collect())
+        .collect()
+}
+
+impl Server {
+    /// Serve `deployment` (already loaded into `hmm`) as the active instance.
+    pub fn start(
+        hmm: Hmm,
+        deployment: Deployment,
+        checkpoint: Option<Checkpoint>,
+        opts: ServeOptions,
+    ) -> Result<Self, ServeError> {
+        let engine = Engine::new(&deployment.model, deployment.config.tp())?;
+        let kv_layout = engine.kv_layout(&hmm, &deployment);
+        let mut kv = KvBlocks::new(kv_layout.blocks);
+        for r in &deployment.devices {
+            kv.add_device(r.device);
+        }
+        let mut state = State {
+            next_instance: 2,
+            instances: BTreeMap::new(),
+            active: 1,
+            queue: VecDeque::new(),
+            running: BTreeMap::new(),
+            kv,
+            finished: Vec::new(),
+            events: Vec::new(),
+            expert_load: BTreeMap::new(),
+            next_request: 0,
+            stop: false,
+            scaling: false,
+        };
+        let config = deployment.config;
+        state.instances.insert(
+            1,
+            Instance {
+                deployment: Arc::new(deployment),
+                state: InstanceState::Active,
+            },
+        );
+        let shared = Arc::new(Shared {
+            hmm: RwLock::new(hmm),
+            engine,
+            state: Mutex::new(state),
+            wake: Condvar::new(),
+            start: Instant::now(),
+            opts,
+            checkpoint,
+        });
+        shared.lock().events.push(ServeEvent::Instance {
+            ts: 0.0,
+            instance: 1,
+            config,
+            state: InstanceState::Active,
+        });
+        let s = Self {
+            shared,
+            workers: Mutex::new(Vec::new()),
+        };
+        s.spawn_workers(1);
+        Ok(s)
+    }
+
+    fn spawn_workers(&self, instance: u64) {
+        let groups = {
+            let st = self.shared.lock();
+            st.instances
+                .get(&instance)
+                .map_or(0, |i| groups_of(&i.deployment).len())
+        };
+        let mut w = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        for g in 0..groups {
+            let sh = Arc::clone(&self.shared);
+            w.push(
+                std::thread::Builder::new()
+                    .name(format!("emoe-i{instance}-r{g}"))
+                    .spawn(move || worker::run(&sh, instance, g))
+                    .expect("spawn a worker thread"),
+            );
+        }
+    }
+
+    /// Seconds since the server started (the time base of every record).
+    pub fn now(&self) -> f64 {
+        self.shared.t()
+    }
+
+    /// Queue a request; it is admitted by the active instance as soon as a replica has room.
+    pub fn submit(&self, req: Submit) -> Result<u64, ServeError> {
+        if req.prompt.is_empty() {
+            return Err(ServeError::EmptyPrompt);
+        }
+        if req.output_tokens == 0 {
+            return Err(ServeError::NoOutput);
+        }
+        let tokens = req.prompt.len() as u64 + u64::from(req.output_tokens);
+        let need = emoe_core::engine::blocks_for(u32::try_from(tokens).unwrap_or(u32::MAX));
+        let mut st = self.shared.lock();
+        let have = st.kv.blocks_per_device();
+        if need > have as usize {
+            return Err(ServeError::TooLong { need, tokens, have });
+        }
+        let id = st.next_request;
+        st.next_request += 1;
+        let t = self.shared.t();
+        st.queue.push_back((id, t, req));
+        drop(st);
+        self.shared.wake.notify_all();
+        Ok(id)
+    }
+
+    /// Requests finished so far (drained from the server).
+    pub fn take_finished(&self) -> Vec<Finished> {
+        std::mem::take(&mut self.shared.lock().finished)
+    }
+
+    /// Events so far (drained).
+    pub fn take_events(&self) -> Vec<ServeEvent> {
+        std::mem::take(&mut self.shared.lock().events)
+    }
+
+    /// Requests queued or running.
+    pub fn pending(&self) -> usize {
+        let st = self.shared.lock();
+        st.queue.len() + st.running.len()
+    }
+
+    /// Wait until nothing is queued or running, or `timeout` passes; returns whether idle.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        let mut st = self.shared.lock();
+        loop {
+            if st.queue.is_empty() && st.running.is_empty() {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= end {
+                return false;
+            }
+            st = self
+                .shared
+                .wake
+                .wait_timeout(st, end - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// The active instance's deployment.
+    pub fn active(&self) -> Arc<Deployment> {
+        let st = self.shared.lock();
+        Arc::clone(&st.instances[&st.active].deployment)
+    }
+
+    /// Per MoE layer, tokens routed to each expert since the start.
+    pub fn expert_load(&self) -> BTreeMap<u32, Vec<u64>> {
+        self.shared.lock().expert_load.clone()
+    }
+
+    /// Run `f` with the HMM read-locked (inspection).
+    pub fn with_hmm<T>(&self, f: impl FnOnce(&Hmm) -> T) -> T {
+        f(&self.shared.read())
+    }
+
+    /// Plan a step from the active instance to `to` (no side effects).
+    pub fn plan(
+        &self,
+        to: ParallelConfig,
+        policy: Policy,
+        topology: &Topology,
+    ) -> Result<Plan, ServeError> {
+        let dep = self.active();
+        let scaling = self.shared.lock().scaling;
+        let hmm = self.shared.read();
+        let pool = pool_state(&hmm);
+        let from: Vec<DeviceId> = dep.devices.iter().map(|r| r.device).collect();
+        let to_devices = (to == dep.config).then(|| from.clone());
+        Ok(plan::plan(&PlanInput {
+            model: &dep.model,
+            from: dep.config,
+            from_devices: &from,
+            placement: &dep.placement,
+            pool: &pool,
+            to,
+            to_devices,
+            policy,
+            operation_running: scaling,
+            kv_tokens: 0,
+            topology,
+        })?)
+    }
+
+    /// Scale the active instance along `plan` while serving. Returns once the old instance has
+    /// drained and been released; `latency_s` in the report ends at the switchover.
+    pub fn scale(&self, plan: &Plan, cancel: &AtomicBool) -> Result<ScaleReport, ServeError> {
+        let sh = &self.shared;
+        {
+            let mut st = sh.lock();
+            if st.scaling {
+                return Err(ServeError::Busy);
+            }
+            st.scaling = true;
+        }
+        let r = self.scale_inner(plan, cancel);
+        sh.lock().scaling = false;
+        r
+    }
+
+    fn scale_inner(&self, plan: &Plan, cancel: &AtomicBool) -> Result<ScaleReport, ServeError> {
+        let sh = &self.shared;
+        let started = sh.t();
+        let start = Instant::now();
+        let event = |e: ScaleEvent| {
+            let ts = sh.t();
+            sh.lock().events.push(ServeEvent::Scale { ts, event: e });
+        };
+        let phase = |p: Phase| {
+            event(ScaleEvent::Phase {
+                t_s: start.elapsed().as_secs_f64(),
+                phase: p,
+            })
+        };
+        let (old_id, old) = {
+            let st = sh.lock();
+            (st.active, Arc::clone(&st.instances[&st.active].deployment))
+        };
+        let devices: Vec<DeviceId> = {
+            let hmm = sh.read();
+            hmm.devices().iter().map(|d| d.id).collect()
+        };
+        {
+            let mut hmm = sh.write();
+            for d in &devices {
+                let _ = hmm.reset_peak(*d);
+            }
+        }
+        let mut times = PhaseTimes::default();
+        phase(Phase::Preparing);
+        let t = {
+            let mut hmm = sh.write();
+            Transition::prepare(
+                &mut hmm,
+                &old,
+                plan,
+                sh.checkpoint.as_ref(),
+                &sh.opts.exec.transition,
+            )
+        };
+        let t = match t {
+            Ok(t) => t,
+            Err(e) => {
+                phase(Phase::Failed);
+                return Err(e.into());
+            }
+        };
+        times.prepare_s = start.elapsed().as_secs_f64();
+        let copies = {
+            let hmm = sh.read();
+            run_copies(
+                &t,
+                &hmm,
+                sh.checkpoint.as_ref(),
+                &sh.opts.exec,
+                cancel,
+                start,
+                &|e| event(e),
+            )
+        };
+        times.copy_s = start.elapsed().as_secs_f64() - times.prepare_s;
+        if let Err(e) = copies {
+            let p = if matches!(e, ScaleError::Cancelled { .. }) {
+                Phase::Cancelled
+            } else {
+                Phase::Failed
+            };
+            let _ = t.rollback(&mut sh.write());
+            phase(p);
+            return Err(e.into());
+        }
+        let stats = t.stats();
+        let before_commit = start.elapsed().as_secs_f64();
+        let new = match t.commit(&mut sh.write()) {
+            Ok(d) => d,
+            Err(e) => {
+                phase(Phase::Failed);
+                return Err(e.into());
+            }
+        };
+        times.commit_s = start.elapsed().as_secs_f64() - before_commit;
+
+        // Switchover: intake goes to the new instance; in-flight requests move where their
+        // replica's devices still form a replica.
+        phase(Phase::Switching);
+        let new_groups = groups_of(&new);
+        let old_groups = groups_of(&old);
+        let config = new.config;
+        let (new_id, moved, drained) = {
+            let mut st = sh.lock();
+            let id = st.next_instance;
+            st.next_instance += 1;
+            for g in &new_groups {
+                for d in g {
+                    st.kv.add_device(*d);
+                }
+            }
+            st.instances.insert(
+                id,
+                Instance {
+                    deployment: Arc::new(new),
+                    state: InstanceState::Active,
+                },
+            );
+            if let Some(o) = st.instances.get_mut(&old_id) {
+                o.state = InstanceState::Draining;
+            }
+            st.active = id;
+            let (mut moved, mut drained) = (0, 0);
+            for r in st.running.values_mut().filter(|r| r.instance == old_id) {
+                let target = old_groups
+                    .get(r.replica)
+                    .and_then(|g| new_groups.iter().position(|n| n == g));
+                match target {
+                    Some(g) if r.busy => {
+                        r.move_to = Some((id, g));
+                        moved += 1;
+                    }
+                    Some(g) => {
+                        r.instance = id;
+                        r.replica = g;
+                        r.instances.push(id);
+                        moved += 1;
+                    }
+                    None => drained += 1,
+                }
+            }
+            let ts = sh.t();
+            st.events.push(ServeEvent::Instance {
+                ts,
+                instance: id,
+                config,
+                state: InstanceState::Active,
+            });
+            st.events.push(ServeEvent::Instance {
+                ts,
+                instance: old_id,
+                config: old.config,
+                state: InstanceState::Draining,
+            });
+            (id, moved, drained)
+        };
+        self.spawn_workers(new_id);
+        sh.wake.notify_all();
+        let latency_s = start.elapsed().as_secs_f64();
+
+        // Releasing: once the old instance has drained, unmap its view and free what only it held.
+        phase(Phase::Releasing);
+        let before_release = Instant::now();
+        drop(old);
+        self.release_drained(old_id);
+        times.release_s = before_release.elapsed().as_secs_f64();
+        phase(Phase::Done);
+        let peak_bytes = {
+            let hmm = sh.read();
+            devices
+                .iter()
+                .filter_map(|d| hmm.usage(*d).ok())
+                .map(|u| u.peak)
+                .max()
+                .unwrap_or(0)
+        };
+        Ok(ScaleReport {
+            from: plan.from,
+            to: plan.to,
+            started_s: started,
+            latency_s,
+            times,
+            stats,
+            moved_requests: moved,
+            drained_requests: drained,
+            peak_bytes,
+        })
+    }
+
+    /// Wait until instance `id` has no requests, then release its memory.
+    fn release_drained(&self, id: u64) {
+        let sh = &self.shared;
+        let dep = {
+            let mut st = sh.lock();
+            loop {
+                let busy = st.running.values().any(|r| r.instance == id);
+                if !busy || st.stop {
+                    break;
+                }
+                st = sh
+                    .wake
+                    .wait_timeout(st, Duration::from_millis(20))
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            let Some(inst) = st.instances.remove(&id) else {
+                return;
+            };
+            let ts = sh.t();
+            st.events.push(ServeEvent::Instance {
+                ts,
+                instance: id,
+                config: inst.deployment.config,
+                state: InstanceState::Standby,
+            });
+            inst.deployment
+        };
+        sh.wake.notify_all();
+        // Workers of the old instance hold clones only while stepping; wait for them to let go.
+        let mut dep = dep;
+        let dep = loop {
+            match Arc::try_unwrap(dep) {
+                Ok(d) => break d,
+                Err(d) => {
+                    dep = d;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        };
+        let mut hmm = sh.write();
+        if let Err(e) = dep.unload(&mut hmm) {
+            let ts = sh.t();
+            sh.lock().events.push(ServeEvent::Error {
+                ts,
+                message: format!("releasing instance {id}: {e}"),
+            });
+        }
+        let active = {
+            let st = sh.lock();
+            st.instances
+                .values()
+                .flat_map(|i| groups_of(&i.deployment))
+                .flatten()
+                .collect::<Vec<_>>()
+        };
+        sh.lock().kv.retain_devices(&active);
+    }
+
+    /// Stop the workers (in-flight requests are abandoned) and return the HMM and the active
+    /// deployment.
+    pub fn shutdown(self) -> (Hmm, Vec<Deployment>) {
+        self.shared.lock().stop = true;
+        self.shared.wake.notify_all();
+        let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()));
+        for w in workers {
+            let _ = w.join();
+        }
+        let shared = match Arc::try_unwrap(self.shared) {
+            Ok(s) => s,
+            Err(_) => unreachable!("every worker has exited"),
+        };
+        let st = shared.state.into_inner().unwrap_or_else(|p| p.into_inner());
+        let deps = st
+            .instances
+            .into_values()
+            .filter_map(|i| Arc::try_unwrap(i.deployment).ok())
+            .collect();
+        (
+            shared.hmm.into_inner().unwrap_or_else(|p| p.into_inner()),
+            deps,
+        )
+    }
+}

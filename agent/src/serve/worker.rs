@@ -1,0 +1,213 @@
+//! One replica's worker: admit queued requests while the instance is active, run a decode step
+//! over its batch under the HMM's read lock, apply the tokens. Exits when its instance is gone.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use emoe_core::DeviceId;
+use emoe_core::engine::{StepInput, blocks_for};
+
+use super::{Finished, InstanceState, Running, ServeEvent, Shared, groups_of};
+
+/// Prompt tokens of a request are fed one position per step (prefill by decode), so a replica
+/// serves prefill and decode in the same batches.
+pub(super) fn run(sh: &Arc<Shared>, instance: u64, replica: usize) {
+    loop {
+        // Form the batch under the state lock.
+        let (dep, group, batch) = {
+            let mut st = sh.lock();
+            loop {
+                if st.stop {
+                    return;
+                }
+                let Some(inst) = st.instances.get(&instance) else {
+                    return;
+                };
+                let dep = Arc::clone(&inst.deployment);
+                let active = inst.state == InstanceState::Active;
+                let group: Vec<DeviceId> = groups_of(&dep)[replica].clone();
+                if active {
+                    admit(&mut st, instance, replica, &group, sh.opts.max_batch);
+                }
+                let mut batch: Vec<u64> = st
+                    .running
+                    .values()
+                    .filter(|r| r.instance == instance && r.replica == replica)
+                    .filter(|r| !r.busy && !r.finished())
+                    .map(|r| r.id)
+                    .collect();
+                batch.truncate(sh.opts.max_batch);
+                if !batch.is_empty() {
+                    for id in &batch {
+                        if let Some(r) = st.running.get_mut(id) {
+                            r.busy = true;
+                        }
+                    }
+                    break (dep, group, batch);
+                }
+                st = sh
+                    .wake
+                    .wait_timeout(st, Duration::from_millis(20))
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+        };
+        // Inputs, copied out so the step runs without the state lock.
+        let inputs: Vec<(u64, u32, u32, Vec<u32>)> = {
+            let st = sh.lock();
+            batch
+                .iter()
+                .filter_map(|id| st.running.get(id))
+                .map(|r| (r.id, r.tokens[r.done], r.done as u32, r.blocks.clone()))
+                .collect()
+        };
+        let step_in: Vec<StepInput> = inputs
+            .iter()
+            .map(|(_, token, pos, blocks)| StepInput {
+                token: *token,
+                pos: *pos,
+                blocks,
+            })
+            .collect();
+        let out = {
+            let hmm = sh.read();
+            sh.engine.step(&hmm, &dep, replica, &step_in)
+        };
+        drop(dep);
+        let now = sh.t();
+        let mut st = sh.lock();
+        match out {
+            Ok(out) => {
+                let mut emitted = 0;
+                for ((id, ..), next) in inputs.iter().zip(out.next) {
+                    let Some(r) = st.running.get_mut(id) else {
+                        continue;
+                    };
+                    r.busy = false;
+                    r.done += 1;
+                    if r.done >= r.prompt && r.done == r.tokens.len() {
+                        r.tokens.push(next);
+                        emitted += 1;
+                        r.first_token_s.get_or_insert(now);
+                    }
+                    if let Some((inst, g)) = r.move_to.take() {
+                        r.instance = inst;
+                        r.replica = g;
+                        r.instances.push(inst);
+                    }
+                }
+                for (l, counts) in out.expert_tokens {
+                    let v = st
+                        .expert_load
+                        .entry(l)
+                        .or_insert_with(|| vec![0; counts.len()]);
+                    for (a, c) in v.iter_mut().zip(counts) {
+                        *a += u64::from(c);
+                    }
+                }
+                st.events.push(ServeEvent::Step {
+                    ts: now,
+                    instance,
+                    replica,
+                    batch: inputs.len(),
+                    tokens: emitted,
+                });
+                finish(&mut st, now);
+            }
+            Err(e) => {
+                // A failed step fails its requests (their blocks go back); the worker goes on.
+                for (id, ..) in &inputs {
+                    if let Some(r) = st.running.remove(id) {
+                        st.kv.give(&group, &r.blocks);
+                    }
+                }
+                st.events.push(ServeEvent::Error {
+                    ts: now,
+                    message: format!("instance {instance} replica {replica}: {e}"),
+                });
+            }
+        }
+        drop(st);
+        sh.wake.notify_all();
+    }
+}
+
+/// Move queued requests into this replica while it has batch room and KV blocks.
+fn admit(
+    st: &mut super::State,
+    instance: u64,
+    replica: usize,
+    group: &[DeviceId],
+    max_batch: usize,
+) {
+    let mine = st
+        .running
+        .values()
+        .filter(|r| r.instance == instance && r.replica == replica)
+        .count();
+    let mut room = max_batch.saturating_sub(mine);
+    while room > 0 {
+        let Some((_, _, req)) = st.queue.front() else {
+            return;
+        };
+        let need = blocks_for(
+            u32::try_from(req.prompt.len() + req.output_tokens as usize).unwrap_or(u32::MAX),
+        );
+        let Some(blocks) = st.kv.take(group, need) else {
+            return;
+        };
+        let Some((id, arrival_s, req)) = st.queue.pop_front() else {
+            st.kv.give(group, &blocks);
+            return;
+        };
+        st.running.insert(
+            id,
+            Running {
+                id,
+                arrival_s,
+                first_token_s: None,
+                prompt: req.prompt.len(),
+                tokens: req.prompt,
+                output_tokens: req.output_tokens,
+                done: 0,
+                blocks,
+                instance,
+                replica,
+                busy: false,
+                move_to: None,
+                instances: vec![instance],
+            },
+        );
+        room -= 1;
+    }
+}
+
+/// Retire finished requests: their blocks go back on the devices of the replica that holds
+/// them now, their timings are recorded.
+fn finish(st: &mut super::State, now: f64) {
+    let done: Vec<u64> = st
+        .running
+        .values()
+        .filter(|r| !r.busy && r.finished())
+        .map(|r| r.id)
+        .collect();
+    for id in done {
+        let Some(r) = st.running.remove(&id) else {
+            continue;
+        };
+        let group = st
+            .instances
+            .get(&r.instance)
+            .and_then(|i| groups_of(&i.deployment).get(r.replica).cloned())
+            .unwrap_or_default();
+        st.kv.give(&group, &r.blocks);
+        st.finished.push(Finished {
+            id: r.id,
+            arrival_s: r.arrival_s,
+            first_token_s: r.first_token_s.unwrap_or(now),
+            finish_s: now,
+            output: r.tokens[r.prompt..].to_vec(),
+            instances: r.instances,
+        });
+    }
+}

@@ -1,0 +1,186 @@
+//! Serving while scaling, on real host memory: every request finishes, answers are bit-identical
+//! to a run without scaling, in-flight requests cross the switchover with their KV, and nothing
+//! leaks.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use emoe_agent::serve::{Finished, ServeOptions, Server, Submit};
+use emoe_core::backend::host::{HostBackend, HostConfig};
+use emoe_core::checkpoint::{self, Checkpoint};
+use emoe_core::deploy::{DeployOptions, Deployment};
+use emoe_core::hmm::Hmm;
+use emoe_core::model;
+use emoe_core::plan::{Policy, Topology};
+use emoe_core::{DeviceId, ParallelConfig};
+
+fn server(dir: &std::path::Path, config: &str) -> Server {
+    let spec = model::preset("micro-moe").unwrap().spec();
+    let path = checkpoint::ensure_generated(&spec, 9, dir).unwrap();
+    let c = Checkpoint::open(&path).unwrap();
+    let b = HostBackend::new(HostConfig {
+        node: 0,
+        devices: 8,
+        capacity: 64 << 20,
+        granularity: 64 << 10,
+    })
+    .unwrap();
+    let mut hmm = Hmm::new(Arc::new(b));
+    let cfg: ParallelConfig = config.parse().unwrap();
+    let devices: Vec<DeviceId> = (0..cfg.devices()).map(|i| DeviceId::new(0, i)).collect();
+    let o = DeployOptions {
+        kv_tokens: 1024,
+        ..DeployOptions::default()
+    };
+    let d = Deployment::load(&mut hmm, &spec, cfg, &devices, Some(&c), &o).unwrap();
+    let opts = ServeOptions {
+        max_batch: 4,
+        ..ServeOptions::default()
+    };
+    Server::start(hmm, d, Some(c), opts).unwrap()
+}
+
+fn requests() -> Vec<Submit> {
+    (0..24u32)
+        .map(|i| Submit {
+            prompt: (0..(3 + i % 7))
+                .map(|j| (i * 131 + j * 17) % 1024)
+                .collect(),
+            output_tokens: 4 + i % 5,
+        })
+        .collect()
+}
+
+fn by_id(f: Vec<Finished>) -> BTreeMap<u64, Finished> {
+    f.into_iter().map(|f| (f.id, f)).collect()
+}
+
+fn reference(dir: &std::path::Path) -> BTreeMap<u64, Vec<u32>> {
+    let s = server(dir, "dp2tp2ep4");
+    for r in requests() {
+        s.submit(r).unwrap();
+    }
+    assert!(s.wait_idle(Duration::from_secs(120)));
+    let out = by_id(s.take_finished())
+        .into_iter()
+        .map(|(k, v)| (k, v.output))
+        .collect();
+    s.shutdown();
+    out
+}
+
+fn scaled_run(
+    dir: &std::path::Path,
+    steps: &[&str],
+) -> (BTreeMap<u64, Finished>, Vec<usize>, Server) {
+    let s = server(dir, "dp2tp2ep4");
+    for r in requests() {
+        s.submit(r).unwrap();
+    }
+    let mut moved = Vec::new();
+    for to in steps {
+        // Scale while requests are in flight.
+        std::thread::sleep(Duration::from_millis(30));
+        let topo = Topology::uniform(1e10, 1e10);
+        let p = s
+            .plan(to.parse().unwrap(), Policy::Balanced, &topo)
+            .unwrap();
+        let r = s.scale(&p, &AtomicBool::new(false)).unwrap();
+        assert_eq!(r.to.to_string(), *to);
+        moved.push(r.moved_requests);
+    }
+    assert!(
+        s.wait_idle(Duration::from_secs(120)),
+        "every request finishes"
+    );
+    (by_id(s.take_finished()), moved, s)
+}
+
+#[test]
+fn answers_are_bit_identical_across_scaling_while_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = reference(dir.path());
+    assert_eq!(want.len(), 24);
+    let (got, moved, s) = scaled_run(dir.path(), &["dp4tp2ep8", "dp3tp2ep6"]);
+    assert_eq!(got.len(), 24);
+    for (id, f) in &got {
+        assert_eq!(
+            &f.output, &want[id],
+            "request {id} (instances {:?})",
+            f.instances
+        );
+        assert!(f.first_token_s >= f.arrival_s && f.finish_s >= f.first_token_s);
+    }
+    assert!(
+        moved.iter().sum::<usize>() > 0 || got.values().all(|f| f.instances.len() == 1),
+        "moves are counted"
+    );
+    // Nothing leaked: the HMM holds exactly the final instance's allocations, one view.
+    let (hmm, deps) = s.shutdown();
+    assert_eq!(deps.len(), 1);
+    let d = &deps[0];
+    assert_eq!(d.config.to_string(), "dp3tp2ep6");
+    let mine: std::collections::BTreeSet<_> = d
+        .devices
+        .iter()
+        .flat_map(|r| r.weights().map(|w| w.2).chain([r.kv_alloc]))
+        .collect();
+    let held: std::collections::BTreeSet<_> = hmm.all_allocations().map(|a| a.id).collect();
+    assert_eq!(held, mine);
+    assert_eq!(hmm.views().count(), 1);
+    assert!(d.verify(&hmm).unwrap().is_empty());
+}
+
+#[test]
+fn requests_in_flight_move_to_the_new_instance_with_their_kv() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = reference(dir.path());
+    // Long requests so some are surely in flight at the switchover.
+    let s = server(dir.path(), "dp2tp2ep4");
+    let ids: Vec<u64> = requests()
+        .into_iter()
+        .map(|r| s.submit(r).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(20));
+    let topo = Topology::uniform(1e10, 1e10);
+    let p = s
+        .plan("dp4tp2ep8".parse().unwrap(), Policy::Balanced, &topo)
+        .unwrap();
+    let r = s.scale(&p, &AtomicBool::new(false)).unwrap();
+    assert_eq!(
+        r.drained_requests, 0,
+        "scale-up keeps every replica's devices"
+    );
+    assert!(s.wait_idle(Duration::from_secs(120)));
+    let got = by_id(s.take_finished());
+    assert_eq!(got.len(), ids.len());
+    let crossed = got.values().filter(|f| f.instances.len() == 2).count();
+    assert_eq!(crossed, r.moved_requests);
+    for (id, f) in &got {
+        assert_eq!(&f.output, &want[id]);
+    }
+    s.shutdown();
+}
+
+#[test]
+fn bad_requests_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path(), "dp1tp2ep2");
+    let e = s
+        .submit(Submit {
+            prompt: vec![],
+            output_tokens: 3,
+        })
+        .unwrap_err();
+    assert!(e.to_string().contains("prompt is empty"));
+    let e = s
+        .submit(Submit {
+            prompt: vec![1],
+            output_tokens: 100_000,
+        })
+        .unwrap_err();
+    assert!(e.to_string().contains("can never run"), "{e}");
+    s.shutdown();
+}

@@ -9,16 +9,21 @@
 //! - [`deploy`]: a model placed on devices under a parallel config, loaded into the HMM.
 //! - [`plan`]: the scaling planner.
 //! - [`scale`]: running a plan on the HMM (and the paper's baselines).
+//! - [`traffic`]: seeded request generators (Poisson, step, ramp, offline) and trace replay.
+//! - [`metrics`]: serving metrics from timestamps — TTFT, TPOT, SLO attainment, throughput,
+//!   downtime — and per-expert load.
 
 pub mod backend;
 pub mod checkpoint;
 pub mod deploy;
 pub mod device;
 pub mod hmm;
+pub mod metrics;
 pub mod model;
 pub mod parallel;
 pub mod plan;
 pub mod scale;
+pub mod traffic;
 
 pub use device::DeviceId;
 pub use parallel::{ParallelConfig, ParallelConfigError};

@@ -10,6 +10,9 @@
 //! - [`engine`]: the MoE compute — real decode steps over an instance's HMM views.
 //! - [`plan`]: the scaling planner.
 //! - [`scale`]: running a plan on the HMM (and the paper's baselines).
+//! - [`traffic`]: seeded request generators (Poisson, step, ramp, offline) and trace replay.
+//! - [`metrics`]: serving metrics from timestamps — TTFT, TPOT, SLO attainment, throughput,
+//!   downtime — and per-expert load.
 
 pub mod backend;
 pub mod checkpoint;
@@ -17,10 +20,12 @@ pub mod deploy;
 pub mod device;
 pub mod engine;
 pub mod hmm;
+pub mod metrics;
 pub mod model;
 pub mod parallel;
 pub mod plan;
 pub mod scale;
+pub mod traffic;
 
 pub use device::DeviceId;
 pub use parallel::{ParallelConfig, ParallelConfigError};

@@ -1,53 +1,37 @@
-//! The seeded generator behind the traffic: xoshiro256++ with its state filled by SplitMix64.
+//! The seeded generator behind the traffic: xoshiro256++ (`rand_xoshiro`), seeded through
+//! SplitMix64.
 //!
-//! Written out here rather than taken from `rand` so that a seed names the same traffic on every
-//! build and platform whatever crate versions the lock file holds (`rand` documents its `StdRng`
-//! and its distributions as not reproducible across versions).
+//! A fixed algorithm rather than `rand`'s `StdRng` so that a seed names the same traffic on every
+//! build and platform whatever crate versions the lock file holds (`rand` documents `StdRng` and
+//! its distributions as not reproducible across versions); the few draws the traffic needs
+//! (uniform, exponential, an integer range) are written below on top of it.
 
-/// xoshiro256++ (Blackman and Vigna), one independent stream per `(seed, stream)`.
+use rand_xoshiro::Xoshiro256PlusPlus;
+use rand_xoshiro::rand_core::{RngCore, SeedableRng};
+
+/// One independent stream per `(seed, stream)`.
 #[derive(Clone, Debug)]
-pub(crate) struct Rng {
-    s: [u64; 4],
-}
-
-fn splitmix64(x: &mut u64) -> u64 {
-    *x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *x;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+pub(crate) struct Rng(Xoshiro256PlusPlus);
 
 impl Rng {
     /// The generator for `stream` of `seed`; different streams are unrelated sequences.
     pub(crate) fn new(seed: u64, stream: u64) -> Self {
-        let mut x = seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03);
-        let mut s = [0u64; 4];
-        for v in &mut s {
-            *v = splitmix64(&mut x);
-        }
-        if s == [0; 4] {
-            s[0] = 1; // the one state xoshiro cannot leave
-        }
-        Self { s }
+        Self(Xoshiro256PlusPlus::seed_from_u64(
+            seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03),
+        ))
     }
 
     #[cfg(test)]
     fn from_state(s: [u64; 4]) -> Self {
-        Self { s }
+        let mut bytes = [0u8; 32];
+        for (c, v) in bytes.chunks_exact_mut(8).zip(s) {
+            c.copy_from_slice(&v.to_le_bytes());
+        }
+        Self(Xoshiro256PlusPlus::from_seed(bytes))
     }
 
     pub(crate) fn next_u64(&mut self) -> u64 {
-        let s = &mut self.s;
-        let result = s[0].wrapping_add(s[3]).rotate_left(23).wrapping_add(s[0]);
-        let t = s[1] << 17;
-        s[2] ^= s[0];
-        s[3] ^= s[1];
-        s[1] ^= s[2];
-        s[0] ^= s[3];
-        s[2] ^= t;
-        s[3] = s[3].rotate_left(45);
-        result
+        self.0.next_u64()
     }
 
     /// Uniform in `[0, 1)`, 53 bits.

@@ -6,6 +6,7 @@
 //! - [`bandwidth`]: link bandwidths for the planner (measured on host).
 //! - [`scale`]: running a scaling step — phases, copy workers bounded per link, events, cancel.
 //! - [`serve`]: serving the MoE model on the HMM while it scales — instances, workers, switchover.
+//! - [`scenario`]: scenario files and their headless runs (`emoe-agent run`).
 //! - [`cli`]: the `emoe-agent` command line.
 //! - [`exit`]: exit codes.
 
@@ -15,4 +16,5 @@ pub mod cluster;
 pub mod exit;
 pub mod report;
 pub mod scale;
+pub mod scenario;
 pub mod serve;

@@ -4,6 +4,7 @@
 mod bench;
 mod inspect;
 mod plan;
+mod run;
 
 use std::path::PathBuf;
 
@@ -36,6 +37,9 @@ pub enum Command {
     Plan(plan::PlanArgs),
     /// Measure: scaling by each strategy side by side (`bench scale`), the planner (`bench plan`).
     Bench(bench::BenchArgs),
+    /// Run a scenario headless: serve its traffic on an embedded node through timed scaling
+    /// steps and report latency, downtime, peak memory, throughput and SLO attainment.
+    Run(run::RunArgs),
 }
 
 /// Flags that describe a node and the model loaded on it.
@@ -122,6 +126,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Inspect(a) => inspect::run(&a),
         Command::Plan(a) => plan::run(&a),
         Command::Bench(a) => bench::run(&a),
+        Command::Run(a) => run::run(&a),
     }
 }
 

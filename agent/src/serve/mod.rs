@@ -76,9 +76,9 @@ pub enum ServeEvent {
         batch: usize,
         tokens: usize,
     },
+    /// A scaling operation's phase change or copy progress (its own `type` inside `event`).
     Scale {
         ts: f64,
-        #[serde(flatten)]
         event: ScaleEvent,
     },
     Instance {

@@ -69,10 +69,7 @@ pub(super) fn run(sh: &Arc<Shared>, instance: u64, replica: usize) {
                 blocks,
             })
             .collect();
-        let out = {
-            let hmm = sh.read();
-            sh.engine.step(&hmm, &dep, replica, &step_in)
-        };
+        let out = sh.engine.step_locked(|| sh.read(), &dep, replica, &step_in);
         drop(dep);
         let now = sh.t();
         let mut st = sh.lock();

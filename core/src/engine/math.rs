@@ -6,12 +6,13 @@ use half::bf16;
 
 /// Widen little-endian bf16 bytes into `out` (resized to fit).
 pub fn widen(bytes: &[u8], out: &mut Vec<f32>) {
+    // bf16 is the top half of an f32: a shift, written so the loop vectorizes (this runs over
+    // every weight byte of every step).
     out.clear();
-    out.extend(
-        bytes
-            .chunks_exact(2)
-            .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()),
-    );
+    out.resize(bytes.len() / 2, 0.0);
+    for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+        *o = f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16);
+    }
 }
 
 /// Narrow f32 values to little-endian bf16 bytes (the KV cache's format).
@@ -32,24 +33,26 @@ pub fn matmul_t(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [f
         out[..m * n].fill(0.0);
         return;
     }
+    // Computed as outᵀ = w · xᵀ: the weight is the left operand, read row by row as stored, and
+    // the result is written transposed straight into `out`.
     // SAFETY: the asserts above keep every strided access inside the slices; `out` does not
     // alias `x` or `w` (distinct borrows).
     unsafe {
         matrixmultiply::sgemm(
-            m,
-            k,
             n,
+            k,
+            m,
             1.0,
-            x.as_ptr(),
+            w.as_ptr(),
             k as isize,
             1,
-            w.as_ptr(),
+            x.as_ptr(),
             1,
             k as isize,
             0.0,
             out.as_mut_ptr(),
-            n as isize,
             1,
+            n as isize,
         );
     }
 }

@@ -202,6 +202,21 @@ impl Engine {
         group: usize,
         batch: &[StepInput<'_>],
     ) -> Result<StepOutput, EngineError> {
+        self.step_locked(|| hmm, inst, group, batch)
+    }
+
+    /// [`step`](Self::step) taking the HMM from `lock` once per layer (and once for the
+    /// embedding and once for the head), so a caller that shares the HMM behind a lock holds it
+    /// for a layer at a time and a scaling operation waiting to prepare or commit waits for at
+    /// most one layer. The instance's own view does not change between layers: a transition
+    /// builds a new view beside it.
+    pub fn step_locked<G: std::ops::Deref<Target = Hmm>>(
+        &self,
+        lock: impl Fn() -> G,
+        inst: &Deployment,
+        group: usize,
+        batch: &[StepInput<'_>],
+    ) -> Result<StepOutput, EngineError> {
         let lay = &self.layout;
         let tp = lay.tp as usize;
         let groups = inst.devices.len() / tp.max(1);
@@ -209,6 +224,8 @@ impl Engine {
             return Err(EngineError::NoGroup { group, groups });
         }
         let devs: Vec<&DeviceRegions> = inst.devices[group * tp..(group + 1) * tp].iter().collect();
+        let guard = lock();
+        let hmm: &Hmm = &guard;
         let kv = self.kv_layout(hmm, inst);
         for s in batch {
             if s.token >= self.vocab {
@@ -256,8 +273,11 @@ impl Engine {
             x[i * h..(i + 1) * h].copy_from_slice(&sc.w);
         }
 
+        drop(guard);
         let mut xn = Vec::new();
         for l in 0..lay.moe_layers.len() {
+            let guard = lock();
+            let hmm: &Hmm = &guard;
             let l0 = &lay.ranks[0].layers[l];
             Self::mat(hmm, devs[0], &l0.input_norm, &mut sc.w)?;
             math::rms_norm(&x, &sc.w, d.eps, &mut xn);
@@ -292,6 +312,8 @@ impl Engine {
         }
 
         // Final norm and the LM head, each rank its vocabulary shard; argmax, ties to the lower id.
+        let guard = lock();
+        let hmm: &Hmm = &guard;
         Self::mat(hmm, devs[0], &lay.ranks[0].final_norm, &mut sc.w)?;
         math::rms_norm(&x, &sc.w, d.eps, &mut xn);
         let mut best = vec![(f32::NEG_INFINITY, 0u32); b];

@@ -300,6 +300,7 @@ fn poisson(
 const ARRIVALS: u64 = 1;
 const PROMPTS: u64 = 2;
 const OUTPUTS: u64 = 3;
+const PROMPT_IDS: u64 = 4;
 
 impl TrafficSpec {
     /// Check every rule: rates, times, lengths, the request cap. Does not open a trace file.
@@ -654,3 +655,11 @@ impl From<TrafficSpec> for RawTraffic {
 
 #[cfg(test)]
 mod tests;
+
+/// The prompt token ids of request `id`: `len` ids below `vocab`, deterministic in
+/// `(seed, id)` (a stream of its own, apart from arrivals and lengths).
+pub fn prompt_ids(seed: u64, id: u64, len: u32, vocab: u32) -> Vec<u32> {
+    let mut r = Rng::new(seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15), PROMPT_IDS);
+    let max = vocab.max(1) - 1;
+    (0..len).map(|_| r.range_inclusive(0, max)).collect()
+}

@@ -1,0 +1,265 @@
+//! The scenario file: a cluster, a model, an initial config, traffic, timed scaling steps and SLO
+//! limits.
+//!
+//! ```toml
+//! name = "demo"
+//!
+//! [cluster]
+//! backend = "host"        # host | modeled (serving needs bytes: host)
+//! devices = 8
+//! hbm = "1GiB"            # optional
+//!
+//! [model]
+//! name = "tiny-moe"       # a preset, or a checkpoint directory (relative to this file)
+//! seed = 0                # generated checkpoints
+//! kv_tokens = 16384       # per device
+//!
+//! [serve]
+//! config = "dp2tp2ep4"
+//! max_batch = 16
+//!
+//! [traffic]               # see emoe_core::traffic
+//! profile = "poisson"
+//! rate = 4.0
+//! prompt = { uniform = { min = 8, max = 32 } }
+//! output = { fixed = 16 }
+//! duration_s = 20.0
+//!
+//! [slo]
+//! ttft = "2s"
+//! tpot = "500ms"
+//!
+//! [[scale]]
+//! at = "5s"
+//! to = "dp3tp2ep6"
+//! ```
+//!
+//! Durations (`at`, `ttft`, `tpot`, `window`) are humantime strings. Unknown keys are errors.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use emoe_core::ParallelConfig;
+use emoe_core::traffic::TrafficSpec;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub cluster: ClusterSpec,
+    pub model: ModelTable,
+    pub serve: ServeTable,
+    pub traffic: TrafficSpec,
+    #[serde(default)]
+    pub slo: Option<SloTable>,
+    #[serde(default)]
+    pub scale: Vec<ScaleStep>,
+    /// Half-width of the throughput windows around each scaling step (default 5 s, the paper's).
+    #[serde(default, with = "humantime_serde_opt")]
+    pub window: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSpec {
+    #[serde(default = "default_backend")]
+    pub backend: String,
+    #[serde(default = "default_devices")]
+    pub devices: u32,
+    #[serde(default)]
+    pub hbm: Option<String>,
+}
+
+impl Default for ClusterSpec {
+    fn default() -> Self {
+        Self {
+            backend: default_backend(),
+            devices: default_devices(),
+            hbm: None,
+        }
+    }
+}
+
+fn default_backend() -> String {
+    "host".into()
+}
+
+fn default_devices() -> u32 {
+    8
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelTable {
+    pub name: String,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default = "default_kv_tokens")]
+    pub kv_tokens: u64,
+}
+
+fn default_kv_tokens() -> u64 {
+    16_384
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeTable {
+    pub config: ParallelConfig,
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+}
+
+fn default_max_batch() -> usize {
+    16
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SloTable {
+    #[serde(with = "humantime_serde")]
+    pub ttft: Duration,
+    #[serde(with = "humantime_serde")]
+    pub tpot: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleStep {
+    #[serde(with = "humantime_serde")]
+    pub at: Duration,
+    pub to: ParallelConfig,
+}
+
+/// `humantime` strings for `Duration` fields.
+mod humantime_serde {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "`{s}` is not a duration like \"10s\", \"500ms\" or \"1m 30s\" ({e})"
+            ))
+        })
+    }
+}
+
+mod humantime_serde_opt {
+    use std::time::Duration;
+
+    use serde::Deserializer;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::humantime_serde::deserialize(d).map(Some)
+    }
+}
+
+/// Why a scenario file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("cannot read scenario {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("scenario {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("scenario {path}: {rule}, got {got}")]
+    Invalid {
+        path: PathBuf,
+        rule: &'static str,
+        got: String,
+    },
+}
+
+impl Scenario {
+    /// Read and check a scenario file. Relative paths inside (a checkpoint directory, a trace)
+    /// are resolved from the file's directory.
+    pub fn load(path: &Path) -> Result<Self, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut s: Scenario = toml::from_str(&text).map_err(|e| ScenarioError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        if let emoe_core::traffic::Profile::Trace { path: p } = &mut s.traffic.profile
+            && p.is_relative()
+        {
+            *p = base.join(&*p);
+        }
+        if emoe_core::model::preset(&s.model.name).is_none() {
+            let p = Path::new(&s.model.name);
+            if p.is_relative() {
+                s.model.name = base.join(p).display().to_string();
+            }
+        }
+        let bad = |rule, got: String| ScenarioError::Invalid {
+            path: path.to_path_buf(),
+            rule,
+            got,
+        };
+        if s.serve.max_batch == 0 || s.serve.max_batch > 4096 {
+            return Err(bad(
+                "serve.max_batch must be between 1 and 4096",
+                s.serve.max_batch.to_string(),
+            ));
+        }
+        if !(1..=4096).contains(&s.cluster.devices) {
+            return Err(bad(
+                "cluster.devices must be between 1 and 4096",
+                s.cluster.devices.to_string(),
+            ));
+        }
+        s.traffic.validate().map_err(|e| ScenarioError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let mut last = Duration::ZERO;
+        for st in &s.scale {
+            if st.at < last {
+                return Err(bad(
+                    "scaling steps must be listed in time order",
+                    format!("{:?} after {:?}", st.at, last),
+                ));
+            }
+            last = st.at;
+            if st.to.tp() != s.serve.config.tp() {
+                return Err(bad(
+                    "TP is fixed: every scaling step keeps the TP of serve.config",
+                    format!("{} from {}", st.to, s.serve.config),
+                ));
+            }
+        }
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_scenarios_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                let s = Scenario::load(&p).unwrap_or_else(|e| panic!("{e}"));
+                assert!(!s.name.is_empty(), "{}", p.display());
+                n += 1;
+            }
+        }
+        assert!(n >= 3, "demo, step load and the paper's Table 2");
+    }
+}

@@ -7,6 +7,7 @@
 //! - [`scale`]: running a scaling step — phases, copy workers bounded per link, events, cancel.
 //! - [`serve`]: serving the MoE model on the HMM while it scales — instances, workers, switchover.
 //! - [`scenario`]: scenario files and their headless runs (`emoe-agent run`).
+//! - [`remote`]: an instance in its own process, attached zero-copy to the HMM's memory.
 //! - [`cli`]: the `emoe-agent` command line.
 //! - [`exit`]: exit codes.
 
@@ -14,6 +15,7 @@ pub mod bandwidth;
 pub mod cli;
 pub mod cluster;
 pub mod exit;
+pub mod remote;
 pub mod report;
 pub mod scale;
 pub mod scenario;

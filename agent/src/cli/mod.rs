@@ -40,6 +40,9 @@ pub enum Command {
     /// Run a scenario headless: serve its traffic on an embedded node through timed scaling
     /// steps and report latency, downtime, peak memory, throughput and SLO attainment.
     Run(run::RunArgs),
+    /// Internal: run an instance in this process, attached to an owner's memory over SOCKET.
+    #[command(hide = true)]
+    AttachInstance { socket: PathBuf },
 }
 
 /// Flags that describe a node and the model loaded on it.
@@ -127,6 +130,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Plan(a) => plan::run(&a),
         Command::Bench(a) => bench::run(&a),
         Command::Run(a) => run::run(&a),
+        Command::AttachInstance { socket } => {
+            crate::remote::serve_attached(&socket).map_err(CliError::failed)
+        }
     }
 }
 

@@ -5,12 +5,14 @@
 //! get it by device-to-device copy. Each expert is read once and copied to any replica. Every
 //! weight allocation is checksummed at load so later moves can be verified.
 
+mod attach;
 mod placement;
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+pub use attach::{AllocEntry, DeviceEntry, Manifest};
 pub use placement::Placement;
 
 use crate::checkpoint::{Checkpoint, CheckpointError};
@@ -70,6 +72,8 @@ pub enum DeployError {
     NoWeights { backend: &'static str },
     #[error("the checkpoint is for `{found}`, the deployment is for `{want}`")]
     WrongCheckpoint { want: String, found: String },
+    #[error("the instance manifest does not fit: {reason}")]
+    Manifest { reason: String },
     #[error(transparent)]
     Hmm(#[from] HmmError),
     #[error(transparent)]

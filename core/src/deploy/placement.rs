@@ -9,7 +9,7 @@ use crate::model::ModelSpec;
 use crate::model::even_range;
 
 /// For every MoE layer, the devices holding each logical expert (one or more: replicas).
-#[derive(Clone, PartialEq, Eq, Debug, Serialize)]
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, serde::Deserialize)]
 pub struct Placement {
     /// `layers[layer][expert]` = the devices that hold it, in device order.
     pub layers: BTreeMap<u32, Vec<Vec<DeviceId>>>,

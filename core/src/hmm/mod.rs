@@ -116,10 +116,22 @@ impl Hmm {
         }
         let size = self.account(device)?.check_fits(len)?;
         let handle = self.backend.alloc_physical(device, size)?;
+        self.book(device, size, len, tag, handle)
+    }
+
+    /// Enters a backend allocation of `size` bytes into the books (capacity already checked);
+    /// on failure the backend side is undone.
+    fn book(
+        &mut self,
+        device: DeviceId,
+        size: u64,
+        len: u64,
+        tag: RegionTag,
+        handle: crate::backend::PhysHandle,
+    ) -> Result<AllocId, HmmError> {
         let extents = match self.account_mut(device).and_then(|a| a.take(size)) {
             Ok(e) => e,
             Err(e) => {
-                // Unreachable after check_fits with `&mut self`; undo the backend side anyway.
                 let _ = self.backend.free_physical(handle);
                 return Err(e);
             }
@@ -140,6 +152,25 @@ impl Hmm {
             },
         );
         Ok(id)
+    }
+
+    /// Adopts an allocation exported by another process (`len` bytes asked, counted rounded up
+    /// to the granularity) onto `device`: the same physical memory, now in these books too.
+    /// Capacity is checked first; a refusal changes nothing. Freeing it here releases only this
+    /// process's reference.
+    pub fn import(
+        &mut self,
+        device: DeviceId,
+        shared: SharedHandle,
+        len: u64,
+        tag: RegionTag,
+    ) -> Result<AllocId, HmmError> {
+        if len == 0 {
+            return Err(HmmError::ZeroSize { what: "allocation" });
+        }
+        let size = self.account(device)?.check_fits(len)?;
+        let handle = self.backend.import(device, shared, size)?;
+        self.book(device, size, len, tag, handle)
     }
 
     /// Frees an allocation that no slot maps.

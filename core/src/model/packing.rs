@@ -12,7 +12,9 @@ use super::{ModelSpec, TensorSpec};
 pub const TENSOR_ALIGN: u64 = 64;
 
 /// Which pack a tensor belongs to.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord, Serialize)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord, Serialize, serde::Deserialize,
+)]
 #[serde(tag = "pack", rename_all = "snake_case")]
 pub enum PackKey {
     /// Embeddings, the final norm and the LM head.

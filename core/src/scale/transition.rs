@@ -55,6 +55,10 @@ pub struct TransitionOptions {
     pub zero_copy: bool,
     pub source: Source,
     pub experts: ExpertMode,
+    /// Build the target as a fresh load beside the old instance: every allocation new, every
+    /// byte read from the checkpoint, nothing shared (the colocated, extravagant and horizontal
+    /// baselines, run in the same executor). Overrides the three options above.
+    pub cold: bool,
     /// Check every copied allocation against the checksum taken at load.
     pub verify: bool,
     /// Name of the new view (the target config is appended).
@@ -67,6 +71,7 @@ impl Default for TransitionOptions {
             zero_copy: true,
             source: Source::P2p,
             experts: ExpertMode::Remap,
+            cold: false,
             verify: true,
             view_name: DeployOptions::default().view_name,
         }
@@ -368,7 +373,8 @@ impl Transition {
         let to = plan.to;
         let tp = to.tp();
         let holds_bytes = hmm.backend().holds_bytes();
-        let disk = options.source == Source::Disk;
+        let cold = options.cold;
+        let disk = options.source == Source::Disk || cold;
         if disk && holds_bytes && checkpoint.is_none() {
             return Err(ScaleError::NoCheckpoint {
                 what: PackKey::Globals,
@@ -400,9 +406,20 @@ impl Transition {
         let mut layouts = Vec::with_capacity(plan.devices.len());
         for (i, &dev) in plan.devices.iter().enumerate() {
             let rank = to.tp_rank(i as u32);
-            let mine = old.regions.get(&dev);
+            // A cold build sees every device as new and reads every byte from disk.
+            let mine = old.regions.get(&dev).filter(|_| !cold);
             let mut non_expert = Vec::new();
             for p in &packs[rank as usize] {
+                if cold {
+                    wants.push(Want {
+                        device: dev,
+                        len: p.bytes,
+                        tag: RegionTag::non_expert(layer_of(p.key)),
+                        fill: Some((p.key, rank, None, JobFrom::Disk)),
+                    });
+                    non_expert.push((p.key, p.bytes, SlotPlan::New(wants.len() - 1)));
+                    continue;
+                }
                 let slot = match mine.and_then(|_| old.pack_alloc(dev, p.key)) {
                     Some(a) if options.zero_copy => {
                         stats.zero_copy_bytes += p.bytes;
@@ -467,6 +484,16 @@ impl Transition {
                         expert: x,
                     };
                     let remap = ix.remaps.get(&(dev, l, s as u32)).copied();
+                    if cold {
+                        wants.push(Want {
+                            device: dev,
+                            len: expert_bytes,
+                            tag: RegionTag::expert(l, x),
+                            fill: Some((key, 0, None, JobFrom::Disk)),
+                        });
+                        slots.push((x, SlotPlan::New(wants.len() - 1), remap));
+                        continue;
+                    }
                     let slot = match old.expert_alloc(dev, l, x) {
                         Some(a) if !realloc => {
                             stats.zero_copy_bytes += expert_bytes;

@@ -6,6 +6,8 @@
 //! - [`bandwidth`]: link bandwidths for the planner (measured on host).
 //! - [`scale`]: running a scaling step — phases, copy workers bounded per link, events, cancel.
 //! - [`serve`]: serving the MoE model on the HMM while it scales — instances, workers, switchover.
+//! - [`plot`]: SVG figures of serving runs — throughput and SLO attainment over time, scaling steps
+//!   marked.
 //! - [`scenario`]: scenario files and their headless runs (`emoe-agent run`).
 //! - [`remote`]: an instance in its own process, attached zero-copy to the HMM's memory.
 //! - [`cli`]: the `emoe-agent` command line.
@@ -15,6 +17,7 @@ pub mod bandwidth;
 pub mod cli;
 pub mod cluster;
 pub mod exit;
+pub mod plot;
 pub mod remote;
 pub mod report;
 pub mod scale;

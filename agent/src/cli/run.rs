@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::exit::{self, CliError};
+use crate::plot::{Marker, Series, write_svg};
 use crate::scenario::{self, Scenario};
 
 #[derive(Debug, Args)]
@@ -15,12 +16,39 @@ pub struct RunArgs {
     /// Print NDJSON events (each with `ts` and `type`), ending with one `{"type":"report",…}`.
     #[arg(long)]
     pub json: bool,
+    /// Also draw throughput and SLO attainment over time, scaling steps marked, as an SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
 }
 
 pub fn run(a: &RunArgs) -> Result<(), CliError> {
     let s = Scenario::load(&a.scenario).map_err(CliError::usage)?;
     let mut stdout = std::io::stdout().lock();
     let r = scenario::run(&s, a.json, &mut stdout)?;
+    if let Some(path) = &a.plot {
+        let labels: Vec<String> = r
+            .steps
+            .iter()
+            .map(|st| format!("{} → {}", st.from, st.to))
+            .collect();
+        let markers: Vec<Marker> = r
+            .steps
+            .iter()
+            .zip(&labels)
+            .map(|(st, l)| Marker {
+                t_s: st.at_s,
+                label: l,
+            })
+            .collect();
+        let name = if r.scenario.is_empty() { "elastic" } else { &r.scenario };
+        let series = [Series {
+            label: name,
+            points: &r.series,
+        }];
+        write_svg(path, &format!("{name}: serving while scaling"), &series, &markers)
+            .map_err(CliError::failed)?;
+        eprintln!("emoe-agent: wrote {}", path.display());
+    }
     if !a.json {
         println!(
             "{}: {} of {} requests in {:.1} s, {:.1} tokens/s, SLO attainment {}",

@@ -72,6 +72,9 @@ pub struct Report {
     pub summary: Summary,
     /// Scaling steps that failed, with the reason.
     pub failed_steps: Vec<String>,
+    /// Throughput and SLO attainment over time (for `--plot`).
+    #[serde(skip)]
+    pub series: Vec<emoe_core::metrics::Point>,
 }
 
 /// A scaling step's outcome: its scheduled time and report, or why it failed.
@@ -334,7 +337,10 @@ pub fn run(s: &Scenario, json: bool, out: &mut dyn Write) -> Result<Report, CliE
         }
     }
     let summary = metrics.summary(None);
+    let bucket = (duration_s / 100.0).max(0.25);
+    let series = metrics.series(bucket).unwrap_or_default();
     let report = Report {
+        series,
         scenario: s.name.clone(),
         requests: requests.len(),
         finished,

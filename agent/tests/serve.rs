@@ -17,12 +17,16 @@ use emoe_core::plan::{Policy, Topology};
 use emoe_core::{DeviceId, ParallelConfig};
 
 fn server(dir: &std::path::Path, config: &str) -> Server {
+    server_on(dir, config, 8)
+}
+
+fn server_on(dir: &std::path::Path, config: &str, n: u32) -> Server {
     let spec = model::preset("micro-moe").unwrap().spec();
     let path = checkpoint::ensure_generated(&spec, 9, dir).unwrap();
     let c = Checkpoint::open(&path).unwrap();
     let b = HostBackend::new(HostConfig {
         node: 0,
-        devices: 8,
+        devices: n,
         capacity: 64 << 20,
         granularity: 64 << 10,
     })
@@ -183,4 +187,59 @@ fn bad_requests_are_refused() {
         .unwrap_err();
     assert!(e.to_string().contains("can never run"), "{e}");
     s.shutdown();
+}
+
+#[test]
+fn every_strategy_scales_while_serving_and_answers_do_not_change() {
+    use emoe_core::scale::Strategy;
+    let dir = tempfile::tempdir().unwrap();
+    let want = reference(dir.path());
+    for strategy in Strategy::ALL {
+        // Extravagant needs 4 old + 6 new devices.
+        let s = server_on(dir.path(), "dp2tp2ep4", 10);
+        for r in requests() {
+            s.submit(r).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        let topo = Topology::uniform(1e10, 1e10);
+        let to: ParallelConfig = "dp3tp2ep6".parse().unwrap();
+        let r = s
+            .scale_with(strategy, to, &topo, &AtomicBool::new(false))
+            .unwrap_or_else(|e| panic!("{strategy}: {e}"));
+        assert!(r.latency_s > 0.0);
+        assert!(
+            s.wait_idle(Duration::from_secs(120)),
+            "{strategy}: all finish"
+        );
+        let got = by_id(s.take_finished());
+        assert_eq!(got.len(), 24, "{strategy}");
+        for (id, f) in &got {
+            assert_eq!(&f.output, &want[id], "{strategy}: request {id}");
+        }
+        match strategy {
+            Strategy::Elastic => assert_eq!(r.stats.disk_bytes, 0),
+            _ => assert!(r.stats.disk_bytes > 0, "{strategy} reads the checkpoint"),
+        }
+        let (hmm, deps) = s.shutdown();
+        let expect = if strategy == Strategy::Horizontal {
+            2
+        } else {
+            1
+        };
+        assert_eq!(deps.len(), expect, "{strategy}: instances left");
+        for d in &deps {
+            assert!(d.verify(&hmm).unwrap().is_empty(), "{strategy}");
+        }
+        let held = hmm.all_allocations().count();
+        let mine: usize = deps
+            .iter()
+            .map(|d| {
+                d.devices
+                    .iter()
+                    .map(|r| r.weights().count() + 1)
+                    .sum::<usize>()
+            })
+            .sum();
+        assert_eq!(held, mine, "{strategy}: nothing leaked");
+    }
 }

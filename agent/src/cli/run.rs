@@ -40,13 +40,22 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
                 label: l,
             })
             .collect();
-        let name = if r.scenario.is_empty() { "elastic" } else { &r.scenario };
+        let name = if r.scenario.is_empty() {
+            "elastic"
+        } else {
+            &r.scenario
+        };
         let series = [Series {
             label: name,
             points: &r.series,
         }];
-        write_svg(path, &format!("{name}: serving while scaling"), &series, &markers)
-            .map_err(CliError::failed)?;
+        write_svg(
+            path,
+            &format!("{name}: serving while scaling"),
+            &series,
+            &markers,
+        )
+        .map_err(CliError::failed)?;
         eprintln!("emoe-agent: wrote {}", path.display());
     }
     if !a.json {

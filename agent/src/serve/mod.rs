@@ -12,10 +12,10 @@
 //! the others finish on the old instance, which is released when it has drained.
 
 mod kv;
+mod switch;
 mod worker;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -26,13 +26,13 @@ use emoe_core::checkpoint::Checkpoint;
 use emoe_core::deploy::Deployment;
 use emoe_core::engine::{Engine, EngineError};
 use emoe_core::hmm::Hmm;
-use emoe_core::plan::{self, Plan, PlanInput, Policy, Topology};
-use emoe_core::scale::{ScaleError, Transition, TransitionStats, pool_state};
+use emoe_core::plan;
+use emoe_core::scale::{ScaleError, TransitionStats};
 use emoe_core::{DeviceId, ParallelConfig};
 
 pub use kv::KvBlocks;
 
-use crate::scale::{Event as ScaleEvent, ExecOptions, Phase, PhaseTimes, run_copies};
+use crate::scale::{Event as ScaleEvent, ExecOptions, PhaseTimes};
 
 /// How an instance takes part in serving.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
@@ -218,6 +218,8 @@ pub enum ServeError {
     EmptyPrompt,
     #[error("output_tokens must be at least 1")]
     NoOutput,
+    #[error("{0}")]
+    Refused(String),
     #[error(
         "the request needs {need} KV blocks ({tokens} tokens), a replica holds {have}: it can never run"
     )]
@@ -396,284 +398,6 @@ impl Server {
     /// Run `f` with the HMM read-locked (inspection).
     pub fn with_hmm<T>(&self, f: impl FnOnce(&Hmm) -> T) -> T {
         f(&self.shared.read())
-    }
-
-    /// Plan a step from the active instance to `to` (no side effects).
-    pub fn plan(
-        &self,
-        to: ParallelConfig,
-        policy: Policy,
-        topology: &Topology,
-    ) -> Result<Plan, ServeError> {
-        let dep = self.active();
-        let scaling = self.shared.lock().scaling;
-        let hmm = self.shared.read();
-        let pool = pool_state(&hmm);
-        let from: Vec<DeviceId> = dep.devices.iter().map(|r| r.device).collect();
-        let to_devices = (to == dep.config).then(|| from.clone());
-        Ok(plan::plan(&PlanInput {
-            model: &dep.model,
-            from: dep.config,
-            from_devices: &from,
-            placement: &dep.placement,
-            pool: &pool,
-            to,
-            to_devices,
-            policy,
-            operation_running: scaling,
-            kv_tokens: 0,
-            topology,
-        })?)
-    }
-
-    /// Scale the active instance along `plan` while serving. Returns once the old instance has
-    /// drained and been released; `latency_s` in the report ends at the switchover.
-    pub fn scale(&self, plan: &Plan, cancel: &AtomicBool) -> Result<ScaleReport, ServeError> {
-        let sh = &self.shared;
-        {
-            let mut st = sh.lock();
-            if st.scaling {
-                return Err(ServeError::Busy);
-            }
-            st.scaling = true;
-        }
-        let r = self.scale_inner(plan, cancel);
-        sh.lock().scaling = false;
-        r
-    }
-
-    fn scale_inner(&self, plan: &Plan, cancel: &AtomicBool) -> Result<ScaleReport, ServeError> {
-        let sh = &self.shared;
-        let started = sh.t();
-        let start = Instant::now();
-        let event = |e: ScaleEvent| {
-            let ts = sh.t();
-            sh.lock().events.push(ServeEvent::Scale { ts, event: e });
-        };
-        let phase = |p: Phase| {
-            event(ScaleEvent::Phase {
-                t_s: start.elapsed().as_secs_f64(),
-                phase: p,
-            })
-        };
-        let (old_id, old) = {
-            let st = sh.lock();
-            (st.active, Arc::clone(&st.instances[&st.active].deployment))
-        };
-        let devices: Vec<DeviceId> = {
-            let hmm = sh.read();
-            hmm.devices().iter().map(|d| d.id).collect()
-        };
-        {
-            let mut hmm = sh.write();
-            for d in &devices {
-                let _ = hmm.reset_peak(*d);
-            }
-        }
-        let mut times = PhaseTimes::default();
-        phase(Phase::Preparing);
-        let t = {
-            let mut hmm = sh.write();
-            Transition::prepare(
-                &mut hmm,
-                &old,
-                plan,
-                sh.checkpoint.as_ref(),
-                &sh.opts.exec.transition,
-            )
-        };
-        let t = match t {
-            Ok(t) => t,
-            Err(e) => {
-                phase(Phase::Failed);
-                return Err(e.into());
-            }
-        };
-        times.prepare_s = start.elapsed().as_secs_f64();
-        let copies = {
-            let hmm = sh.read();
-            run_copies(
-                &t,
-                &hmm,
-                sh.checkpoint.as_ref(),
-                &sh.opts.exec,
-                cancel,
-                start,
-                &|e| event(e),
-            )
-        };
-        times.copy_s = start.elapsed().as_secs_f64() - times.prepare_s;
-        if let Err(e) = copies {
-            let p = if matches!(e, ScaleError::Cancelled { .. }) {
-                Phase::Cancelled
-            } else {
-                Phase::Failed
-            };
-            let _ = t.rollback(&mut sh.write());
-            phase(p);
-            return Err(e.into());
-        }
-        let stats = t.stats();
-        let before_commit = start.elapsed().as_secs_f64();
-        let new = match t.commit(&mut sh.write()) {
-            Ok(d) => d,
-            Err(e) => {
-                phase(Phase::Failed);
-                return Err(e.into());
-            }
-        };
-        times.commit_s = start.elapsed().as_secs_f64() - before_commit;
-
-        // Switchover: intake goes to the new instance; in-flight requests move where their
-        // replica's devices still form a replica.
-        phase(Phase::Switching);
-        let new_groups = groups_of(&new);
-        let old_groups = groups_of(&old);
-        let config = new.config;
-        let (new_id, moved, drained) = {
-            let mut st = sh.lock();
-            let id = st.next_instance;
-            st.next_instance += 1;
-            for g in &new_groups {
-                for d in g {
-                    st.kv.add_device(*d);
-                }
-            }
-            st.instances.insert(
-                id,
-                Instance {
-                    deployment: Arc::new(new),
-                    state: InstanceState::Active,
-                },
-            );
-            if let Some(o) = st.instances.get_mut(&old_id) {
-                o.state = InstanceState::Draining;
-            }
-            st.active = id;
-            let (mut moved, mut drained) = (0, 0);
-            for r in st.running.values_mut().filter(|r| r.instance == old_id) {
-                let target = old_groups
-                    .get(r.replica)
-                    .and_then(|g| new_groups.iter().position(|n| n == g));
-                match target {
-                    Some(g) if r.busy => {
-                        r.move_to = Some((id, g));
-                        moved += 1;
-                    }
-                    Some(g) => {
-                        r.instance = id;
-                        r.replica = g;
-                        r.instances.push(id);
-                        moved += 1;
-                    }
-                    None => drained += 1,
-                }
-            }
-            let ts = sh.t();
-            st.events.push(ServeEvent::Instance {
-                ts,
-                instance: id,
-                config,
-                state: InstanceState::Active,
-            });
-            st.events.push(ServeEvent::Instance {
-                ts,
-                instance: old_id,
-                config: old.config,
-                state: InstanceState::Draining,
-            });
-            (id, moved, drained)
-        };
-        self.spawn_workers(new_id);
-        sh.wake.notify_all();
-        let latency_s = start.elapsed().as_secs_f64();
-
-        // Releasing: once the old instance has drained, unmap its view and free what only it held.
-        phase(Phase::Releasing);
-        let before_release = Instant::now();
-        drop(old);
-        self.release_drained(old_id);
-        times.release_s = before_release.elapsed().as_secs_f64();
-        phase(Phase::Done);
-        let peak_bytes = {
-            let hmm = sh.read();
-            devices
-                .iter()
-                .filter_map(|d| hmm.usage(*d).ok())
-                .map(|u| u.peak)
-                .max()
-                .unwrap_or(0)
-        };
-        Ok(ScaleReport {
-            from: plan.from,
-            to: plan.to,
-            started_s: started,
-            latency_s,
-            times,
-            stats,
-            moved_requests: moved,
-            drained_requests: drained,
-            peak_bytes,
-        })
-    }
-
-    /// Wait until instance `id` has no requests, then release its memory.
-    fn release_drained(&self, id: u64) {
-        let sh = &self.shared;
-        let dep = {
-            let mut st = sh.lock();
-            loop {
-                let busy = st.running.values().any(|r| r.instance == id);
-                if !busy || st.stop {
-                    break;
-                }
-                st = sh
-                    .wake
-                    .wait_timeout(st, Duration::from_millis(20))
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
-            }
-            let Some(inst) = st.instances.remove(&id) else {
-                return;
-            };
-            let ts = sh.t();
-            st.events.push(ServeEvent::Instance {
-                ts,
-                instance: id,
-                config: inst.deployment.config,
-                state: InstanceState::Standby,
-            });
-            inst.deployment
-        };
-        sh.wake.notify_all();
-        // Workers of the old instance hold clones only while stepping; wait for them to let go.
-        let mut dep = dep;
-        let dep = loop {
-            match Arc::try_unwrap(dep) {
-                Ok(d) => break d,
-                Err(d) => {
-                    dep = d;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-        };
-        let mut hmm = sh.write();
-        if let Err(e) = dep.unload(&mut hmm) {
-            let ts = sh.t();
-            sh.lock().events.push(ServeEvent::Error {
-                ts,
-                message: format!("releasing instance {id}: {e}"),
-            });
-        }
-        let active = {
-            let st = sh.lock();
-            st.instances
-                .values()
-                .flat_map(|i| groups_of(&i.deployment))
-                .flatten()
-                .collect::<Vec<_>>()
-        };
-        sh.lock().kv.retain_devices(&active);
     }
 
     /// Stop the workers (in-flight requests are abandoned) and return the HMM and the active

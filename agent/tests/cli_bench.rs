@@ -103,3 +103,73 @@ fn bench_refusals_name_the_rule_and_value() {
     let out = run(&["--to", "dp3tp2ep6", "--runs", "0"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn bench_scale_with_traffic_adds_serving_figures() {
+    let cache = tempfile::tempdir().unwrap();
+    let plot = cache.path().join("bench.svg");
+    let out = agent(
+        &[
+            "bench",
+            "scale",
+            "--model",
+            "micro-moe",
+            "--hbm",
+            "256MiB",
+            "--from",
+            "dp2tp2ep4",
+            "--to",
+            "dp3tp2ep6",
+            "--strategies",
+            "elastic,cold-restart",
+            "--runs",
+            "1",
+            "--traffic",
+            "20",
+            "--duration",
+            "1500ms",
+            "--at",
+            "500ms",
+            "--window",
+            "500ms",
+            "--max-batch",
+            "4",
+            "--plot",
+            plot.to_str().unwrap(),
+            "--json",
+        ],
+        cache.path(),
+    );
+    let r = json(&out);
+    for s in ["elastic", "cold-restart"] {
+        let x = &r["strategies"][s];
+        for f in [
+            "latency_s",
+            "throughput_before",
+            "throughput_during",
+            "throughput_after",
+            "downtime_s",
+        ] {
+            assert!(x[f].as_f64().is_some(), "{s}: {f} in {x}");
+        }
+    }
+    assert_eq!(r["strategies"]["cold-restart"]["requests_moved"], 0);
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.contains("elastic") && svg.contains("cold-restart"));
+    // A traffic argument that is neither a rate nor a file is refused by name.
+    let out = agent(
+        &[
+            "bench",
+            "scale",
+            "--model",
+            "micro-moe",
+            "--to",
+            "dp3tp2ep6",
+            "--traffic",
+            "lots",
+        ],
+        cache.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--traffic lots"));
+}

@@ -6,8 +6,9 @@
 //!   backend).
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use serde::Serialize;
@@ -22,7 +23,11 @@ use super::{NodeArgs, parse_size};
 use crate::bandwidth::{measure_memcpy, topology_for};
 use crate::cluster::{DEFAULT_VIRTUAL_DEVICES, Node, NodeOptions};
 use crate::exit::{self, CliError};
+use crate::plot::{Marker, Series, write_svg};
 use crate::scale::{ExecOptions, PhaseTimes, run_elastic};
+use crate::scenario::{TimedStep, drive, step_report};
+use emoe_core::metrics::Metrics;
+use emoe_core::traffic::{RequestSpec, TrafficSpec};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -56,6 +61,26 @@ pub struct ScaleArgs {
     /// Copies in flight at once per link (source device → destination device).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub copies_per_link: u32,
+    /// Serve traffic while scaling: Poisson requests/s (e.g. `4`), or a TOML file whose
+    /// `[traffic]` table gives the traffic. Adds throughput before/during/after and downtime.
+    #[arg(long, value_name = "RATE|FILE")]
+    pub traffic: Option<String>,
+    /// With --traffic: when the scaling step starts.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub at: Duration,
+    /// With --traffic RATE: how long requests arrive.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// With --traffic: half-width of the before/after windows; the during window spans the
+    /// slowest strategy's transition (at least this long).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub window: Duration,
+    /// With --traffic: most requests per decode step of a replica.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_batch: u32,
+    /// With --traffic: draw throughput and SLO attainment over time per strategy (SVG).
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -142,6 +167,21 @@ struct StrategyReport {
     /// This strategy's median latency ÷ elastic's (when elastic ran).
     #[serde(skip_serializing_if = "Option::is_none")]
     vs_elastic: Option<f64>,
+    /// With --traffic: generated tokens/s before, during and after the step (medians of runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    throughput_before: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    throughput_during: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    throughput_after: Option<f64>,
+    /// With --traffic: the longest gap between completed decode steps during the step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    downtime_s: Option<f64>,
+    /// With --traffic: requests that moved to the new instance and that drained (last run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    requests_moved: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    requests_drained: Option<usize>,
 }
 
 #[derive(Debug, Serialize)]
@@ -168,6 +208,8 @@ struct RunResult {
     peaks: BTreeMap<DeviceId, u64>,
     floor_bytes: Option<u64>,
     phases: Option<PhaseTimes>,
+    /// With --traffic: what the server measured, and the step's report.
+    served: Option<(Metrics, crate::serve::ScaleReport, f64)>,
 }
 
 fn involved(old: &Deployment, new: &[&Deployment]) -> Vec<DeviceId> {
@@ -328,6 +370,103 @@ fn run_once(
         peaks,
         floor_bytes,
         phases,
+        served: None,
+    })
+}
+
+/// Traffic for a serving bench.
+struct TrafficCtx {
+    requests: Vec<RequestSpec>,
+    seed: u64,
+    at_s: f64,
+    max_batch: usize,
+}
+
+fn traffic_ctx(a: &ScaleArgs) -> Result<TrafficCtx, CliError> {
+    let Some(t) = &a.traffic else {
+        return Err(CliError::usage(anyhow::anyhow!("no traffic given")));
+    };
+    let spec: TrafficSpec = match t.trim().parse::<f64>() {
+        Ok(rate) => {
+            let text = format!(
+                "profile = \"poisson\"\nrate = {rate}\nprompt = {{ uniform = {{ min = 8, max = 32 }} }}\noutput = {{ fixed = 16 }}\nseed = 1\nduration_s = {}\n",
+                a.duration.as_secs_f64()
+            );
+            toml::from_str(&text)
+                .map_err(|e| CliError::usage(anyhow::anyhow!("--traffic {t}: {}", e.message())))?
+        }
+        Err(_) => {
+            #[derive(serde::Deserialize)]
+            struct File {
+                traffic: TrafficSpec,
+            }
+            let path = PathBuf::from(t);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                CliError::usage(anyhow::anyhow!(
+                    "--traffic {t}: neither a rate in requests/s nor a readable file ({e})"
+                ))
+            })?;
+            let f: File = toml::from_str(&text).map_err(|e| {
+                CliError::usage(anyhow::anyhow!("{}: {}", path.display(), e.message()))
+            })?;
+            f.traffic
+        }
+    };
+    let requests = spec.generate().map_err(CliError::usage)?;
+    Ok(TrafficCtx {
+        requests,
+        seed: spec.seed,
+        at_s: a.at.as_secs_f64(),
+        max_batch: a.max_batch as usize,
+    })
+}
+
+/// One run of one strategy while serving: a fresh node and server, the traffic, the step at
+/// its time; latency, bytes and peak come from the server's report.
+fn run_served(
+    s: Strategy,
+    o: &NodeOptions,
+    to: ParallelConfig,
+    t: &TrafficCtx,
+    topology: Topology,
+) -> Result<RunResult, CliError> {
+    let (server, vocab) = crate::scenario::start_server(o, t.max_batch)?;
+    let step = TimedStep {
+        at_s: t.at_s,
+        to,
+        strategy: s,
+    };
+    let d = drive(
+        &server,
+        &t.requests,
+        t.seed,
+        vocab,
+        &[step],
+        None,
+        topology,
+        false,
+        &mut |_| Ok(()),
+    )?;
+    if let Ok(server) = std::sync::Arc::try_unwrap(server) {
+        server.shutdown();
+    }
+    let (at, rep) = match d.results.into_iter().next() {
+        Some(Ok(x)) => x,
+        Some(Err(e)) => return Err(refused(anyhow::anyhow!(e))),
+        None => {
+            return Err(CliError::failed(anyhow::anyhow!(
+                "{s}: the step did not run"
+            )));
+        }
+    };
+    let moved = rep.stats.moved_bytes();
+    Ok(RunResult {
+        latency_s: rep.latency_s,
+        bytes_moved: moved,
+        peaks: BTreeMap::from([(DeviceId::new(o.node, 0), rep.peak_bytes)]),
+        floor_bytes: (s == Strategy::Elastic).then_some(moved),
+        phases: Some(rep.times),
+        served: Some((d.metrics, rep, at)),
     })
 }
 
@@ -364,7 +503,12 @@ fn scale_bench(a: &ScaleArgs) -> Result<(), CliError> {
         skipped: BTreeMap::new(),
         notes: Vec::new(),
     };
+    let traffic = match &a.traffic {
+        Some(_) => Some(traffic_ctx(a)?),
+        None => None,
+    };
     let mut elastic_latency = None;
+    let mut served: Vec<(Strategy, Vec<RunResult>)> = Vec::new();
     for &s in &a.strategies.0 {
         let need = s.devices_needed(from, a.to) as u32 + base.first_device;
         let mut o = base.clone();
@@ -380,7 +524,11 @@ fn scale_bench(a: &ScaleArgs) -> Result<(), CliError> {
         for r in 0..a.runs {
             eprintln!("emoe-agent: bench {s} run {}/{}", r + 1, a.runs);
             let topology = Topology::uniform(bw, bw);
-            match run_once(s, &o, a.to, &exec, &topology) {
+            let r = match &traffic {
+                Some(t) => run_served(s, &o, a.to, t, topology),
+                None => run_once(s, &o, a.to, &exec, &topology),
+            };
+            match r {
                 Ok(x) => runs.push(x),
                 Err(e) if e.code == exit::REFUSED && runs.is_empty() => {
                     skipped = Some(format!("{e}"));
@@ -404,7 +552,7 @@ fn scale_bench(a: &ScaleArgs) -> Result<(), CliError> {
         let lat: Vec<f64> = runs.iter().map(|r| r.latency_s).collect();
         let latency_s = median(&lat);
         let last = runs.last().expect("at least one run");
-        let phases = (s == Strategy::Elastic).then(|| {
+        let phases = (s == Strategy::Elastic || traffic.is_some()).then(|| {
             let m = |f: fn(&PhaseTimes) -> f64| {
                 median(
                     &runs
@@ -436,8 +584,18 @@ fn scale_bench(a: &ScaleArgs) -> Result<(), CliError> {
                 floor_s: last.floor_bytes.map(|b| b as f64 / bw),
                 phases,
                 vs_elastic: None,
+                throughput_before: None,
+                throughput_during: None,
+                throughput_after: None,
+                downtime_s: None,
+                requests_moved: None,
+                requests_drained: None,
             },
         );
+        served.push((s, runs));
+    }
+    if traffic.is_some() {
+        add_traffic_figures(&mut report, &served, a)?;
     }
     if let Some(e) = elastic_latency {
         for r in report.strategies.values_mut() {
@@ -483,6 +641,78 @@ fn scale_bench(a: &ScaleArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Throughput before/during/after and downtime per strategy, with the during window spanning
+/// the slowest strategy's transition (as the paper does), medians over runs; and the plot.
+fn add_traffic_figures(
+    report: &mut ScaleReport,
+    served: &[(Strategy, Vec<RunResult>)],
+    a: &ScaleArgs,
+) -> Result<(), CliError> {
+    let w = a.window.as_secs_f64();
+    let transition = |r: &RunResult| {
+        r.served
+            .as_ref()
+            .map_or(0.0, |(_, rep, _)| rep.latency_s + rep.times.release_s)
+    };
+    let slowest = served
+        .iter()
+        .map(|(_, runs)| median(&runs.iter().map(transition).collect::<Vec<_>>()))
+        .fold(0.0, f64::max);
+    for (s, runs) in served {
+        let steps: Vec<_> = runs
+            .iter()
+            .filter_map(|r| r.served.as_ref())
+            .map(|(m, rep, at)| step_report(m, *at, rep, w, Some(slowest)))
+            .collect();
+        let Some(entry) = report.strategies.get_mut(s.as_str()) else {
+            continue;
+        };
+        let med = |f: fn(&crate::scenario::StepReport) -> f64| {
+            median(&steps.iter().map(f).collect::<Vec<_>>())
+        };
+        entry.throughput_before = Some(med(|x| x.throughput.before));
+        entry.throughput_during = Some(med(|x| x.throughput.during));
+        entry.throughput_after = Some(med(|x| x.throughput.after));
+        entry.downtime_s = Some(med(|x| x.downtime_s));
+        entry.peak_bytes = steps.iter().map(|x| x.peak_bytes).max().unwrap_or(0);
+        entry.peak_total_bytes = 0;
+        entry.devices_involved = 0;
+        if let Some(last) = steps.last() {
+            entry.requests_moved = Some(last.moved_requests);
+            entry.requests_drained = Some(last.drained_requests);
+        }
+    }
+    report.notes.push(format!(
+        "throughput: generated tokens/s; before = [step − {w}s, step), during = [step, step + {slowest:.2}s, the slowest transition, at least {w}s), after = the {}s that follow; downtime = the longest gap between completed decode steps from the step to its release",
+        2.0 * w
+    ));
+    if let Some(path) = &a.plot {
+        let bucket = 0.25;
+        let mut data = Vec::new();
+        for (s, runs) in served {
+            if let Some((m, _, _)) = runs.first().and_then(|r| r.served.as_ref()) {
+                data.push((s.as_str(), m.series(bucket).unwrap_or_default()));
+            }
+        }
+        let series: Vec<Series> = data
+            .iter()
+            .map(|(l, p)| Series {
+                label: l,
+                points: p,
+            })
+            .collect();
+        let label = format!("{} → {}", report.from, report.to);
+        let markers = [Marker {
+            t_s: a.at.as_secs_f64(),
+            label: &label,
+        }];
+        let title = format!("{}: scaling while serving, by strategy", report.model);
+        write_svg(path, &title, &series, &markers).map_err(CliError::failed)?;
+        eprintln!("emoe-agent: wrote {}", path.display());
+    }
+    Ok(())
+}
+
 fn print_scale_table(r: &ScaleReport) {
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
     println!(
@@ -509,6 +739,31 @@ fn print_scale_table(r: &ScaleReport) {
             s.devices_involved,
             s.floor_s.map_or("-".into(), |v| format!("{v:.3}")),
         );
+    }
+    if r.strategies.values().any(|s| s.throughput_before.is_some()) {
+        println!(
+            "{:<13} {:>12} {:>12} {:>12} {:>11} {:>7} {:>8}",
+            "while serving",
+            "before tok/s",
+            "during tok/s",
+            "after tok/s",
+            "downtime s",
+            "moved",
+            "drained"
+        );
+        let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
+        for (name, s) in &r.strategies {
+            println!(
+                "{:<13} {:>12} {:>12} {:>12} {:>11} {:>7} {:>8}",
+                name,
+                f(s.throughput_before),
+                f(s.throughput_during),
+                f(s.throughput_after),
+                s.downtime_s.map_or("-".into(), |v| format!("{v:.3}")),
+                s.requests_moved.map_or("-".into(), |v| v.to_string()),
+                s.requests_drained.map_or("-".into(), |v| v.to_string()),
+            );
+        }
     }
     for (name, why) in &r.skipped {
         println!("{name:<13} skipped: {why}");

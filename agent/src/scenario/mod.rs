@@ -21,7 +21,8 @@ use serde_json::json;
 
 use emoe_core::ParallelConfig;
 use emoe_core::metrics::{Metrics, RequestTiming, Slo, Summary};
-use emoe_core::plan::{Policy, Topology};
+use emoe_core::plan::Topology;
+use emoe_core::scale::Strategy;
 use emoe_core::traffic::{RequestSpec, prompt_ids};
 
 pub use spec::{Scenario, ScenarioError};
@@ -109,50 +110,52 @@ fn node_options(s: &Scenario) -> Result<NodeOptions, CliError> {
     })
 }
 
-/// Run `s`, writing NDJSON events to `out` when `json` (else short human lines to stderr), and
-/// return the report (also written to `out` as the last line in JSON mode).
-pub fn run(s: &Scenario, json: bool, out: &mut dyn Write) -> Result<Report, CliError> {
-    let requests: Vec<RequestSpec> = s.traffic.generate().map_err(CliError::usage)?;
-    let node = Node::start(&node_options(s)?)?;
-    let Node {
-        hmm,
-        deployment,
-        checkpoint,
-    } = node;
-    if checkpoint.is_none() {
-        return Err(CliError::usage(anyhow::anyhow!(
-            "serving computes on the weights: use a backend that holds bytes (host), not {}",
-            s.cluster.backend
-        )));
-    }
-    let vocab = deployment.model.vocab_size;
-    let server = Arc::new(
-        Server::start(
-            hmm,
-            deployment,
-            checkpoint,
-            ServeOptions {
-                max_batch: s.serve.max_batch,
-                ..ServeOptions::default()
-            },
-        )
-        .map_err(|e| CliError::new(exit::REFUSED, e))?,
-    );
-    let bw = measure_memcpy();
-    let topology = Topology::uniform(bw, bw);
+/// A scaling step to run at a time.
+#[derive(Clone, Copy, Debug)]
+pub struct TimedStep {
+    pub at_s: f64,
+    pub to: ParallelConfig,
+    pub strategy: Strategy,
+}
+
+/// What a driven run collected.
+pub struct Driven {
+    pub metrics: Metrics,
+    /// Per step: its scheduled time and report, or why it failed.
+    pub results: Vec<StepResult>,
+    /// Requests the server refused.
+    pub refused: Vec<String>,
+    pub finished: usize,
+    pub duration_s: f64,
+}
+
+/// Serve `requests` on `server` (arrivals relative to now), run `steps` at their times, and
+/// collect metrics until every request finished. `sink` gets every event as JSON (with `ts`
+/// and `type`); `human` also logs phase and instance changes to stderr.
+#[allow(clippy::too_many_arguments)]
+pub fn drive(
+    server: &Arc<Server>,
+    requests: &[RequestSpec],
+    seed: u64,
+    vocab: u32,
+    steps: &[TimedStep],
+    slo: Option<Slo>,
+    topology: Topology,
+    human: bool,
+    sink: &mut dyn FnMut(serde_json::Value) -> Result<(), CliError>,
+) -> Result<Driven, CliError> {
     let t0 = server.now();
-    let seed = s.traffic.seed;
 
     // Traffic: submit each request at its arrival time.
     let traffic_done = Arc::new(AtomicBool::new(false));
     let refused = Arc::new(Mutex::new(Vec::<String>::new()));
     let traffic = {
         let (server, done, refused) = (
-            Arc::clone(&server),
+            Arc::clone(server),
             Arc::clone(&traffic_done),
             Arc::clone(&refused),
         );
-        let requests = requests.clone();
+        let requests = requests.to_vec();
         std::thread::spawn(move || {
             for r in requests {
                 let wait = t0 + r.arrival_s - server.now();
@@ -179,45 +182,30 @@ pub fn run(s: &Scenario, json: bool, out: &mut dyn Write) -> Result<Report, CliE
     let results: Arc<Mutex<Vec<StepResult>>> = Arc::default();
     let scaler = {
         let (server, done, results) = (
-            Arc::clone(&server),
+            Arc::clone(server),
             Arc::clone(&steps_done),
             Arc::clone(&results),
         );
-        let steps: Vec<(f64, ParallelConfig)> = s
-            .scale
-            .iter()
-            .map(|st| (st.at.as_secs_f64(), st.to))
-            .collect();
+        let steps = steps.to_vec();
         std::thread::spawn(move || {
-            for (at, to) in steps {
-                let wait = t0 + at - server.now();
+            for st in steps {
+                let wait = t0 + st.at_s - server.now();
                 if wait > 0.0 {
                     std::thread::sleep(Duration::from_secs_f64(wait));
                 }
                 let r = server
-                    .plan(to, Policy::Balanced, &topology)
-                    .and_then(|p| server.scale(&p, &AtomicBool::new(false)))
-                    .map(|rep| (at, rep))
-                    .map_err(|e| format!("scale to {to} at {at}s: {e}"));
+                    .scale_with(st.strategy, st.to, &topology, &AtomicBool::new(false))
+                    .map(|rep| (st.at_s, rep))
+                    .map_err(|e| format!("{} to {} at {}s: {e}", st.strategy, st.to, st.at_s));
                 results.lock().unwrap_or_else(|p| p.into_inner()).push(r);
             }
             done.store(true, Ordering::Release);
         })
     };
 
-    let slo = s.slo.as_ref().map(|x| Slo {
-        ttft_s: x.ttft.as_secs_f64(),
-        tpot_s: x.tpot.as_secs_f64(),
-    });
     let mut metrics = Metrics::new(slo);
     let mut finished = 0usize;
     let rel = |t: f64| (t - t0).max(0.0);
-    let emit = |v: serde_json::Value, out: &mut dyn Write| -> Result<(), CliError> {
-        if json {
-            writeln!(out, "{v}").map_err(CliError::failed)?;
-        }
-        Ok(())
-    };
     let last_arrival = requests.last().map_or(0.0, |r| r.arrival_s);
     let deadline = last_arrival + 600.0;
     loop {
@@ -232,10 +220,10 @@ pub fn run(s: &Scenario, json: bool, out: &mut dyn Write) -> Result<Report, CliE
                 }
                 ServeEvent::Scale { ts, event } => {
                     let v = json!({"ts": rel(ts), "type": "scale", "event": event});
-                    if !json && let Some(p) = v["event"]["phase"].as_str() {
+                    if human && let Some(p) = v["event"]["phase"].as_str() {
                         eprintln!("emoe-agent: [{:7.2}s] scaling: {p}", rel(ts));
                     }
-                    emit(v, out)?;
+                    sink(v)?;
                 }
                 ServeEvent::Instance {
                     ts,
@@ -243,24 +231,20 @@ pub fn run(s: &Scenario, json: bool, out: &mut dyn Write) -> Result<Report, CliE
                     config,
                     state,
                 } => {
-                    if !json {
+                    if human {
                         eprintln!(
                             "emoe-agent: [{:7.2}s] instance {instance} {config}: {state:?}",
                             rel(ts)
                         );
                     }
-                    emit(
+                    sink(
                         json!({"ts": rel(ts), "type": "instance", "instance": instance,
-                               "config": config, "state": state}),
-                        out,
+                                "config": config, "state": state}),
                     )?;
                 }
                 ServeEvent::Error { ts, message } => {
                     eprintln!("emoe-agent: [{:7.2}s] error: {message}", rel(ts));
-                    emit(
-                        json!({"ts": rel(ts), "type": "error", "message": message}),
-                        out,
-                    )?;
+                    sink(json!({"ts": rel(ts), "type": "error", "message": message}))?;
                 }
             }
         }
@@ -274,12 +258,9 @@ pub fn run(s: &Scenario, json: bool, out: &mut dyn Write) -> Result<Report, CliE
                 output_tokens: f.output.len() as u32,
             };
             let _ = metrics.record_request(&t);
-            emit(
-                json!({"ts": t.finish_s, "type": "request", "id": f.id,
-                       "ttft_s": t.ttft_s(), "tpot_s": t.tpot_s(),
-                       "output_tokens": t.output_tokens, "instances": f.instances}),
-                out,
-            )?;
+            sink(json!({"ts": t.finish_s, "type": "request", "id": f.id,
+                        "ttft_s": t.ttft_s(), "tpot_s": t.tpot_s(),
+                        "output_tokens": t.output_tokens, "instances": f.instances}))?;
         }
         let now = rel(server.now());
         let all_in = traffic_done.load(Ordering::Acquire) && steps_done.load(Ordering::Acquire);
@@ -297,54 +278,150 @@ pub fn run(s: &Scenario, json: bool, out: &mut dyn Write) -> Result<Report, CliE
     let _ = traffic.join();
     let _ = scaler.join();
     let duration_s = rel(server.now());
+    let results = std::mem::take(&mut *results.lock().unwrap_or_else(|p| p.into_inner()));
+    let refused = std::mem::take(&mut *refused.lock().unwrap_or_else(|p| p.into_inner()));
+    // Reports carry server times; make them relative like the metrics.
+    let results = results
+        .into_iter()
+        .map(|r| {
+            r.map(|(at, mut rep)| {
+                rep.started_s = rel(rep.started_s);
+                (at, rep)
+            })
+        })
+        .collect();
+    Ok(Driven {
+        metrics,
+        results,
+        refused,
+        finished,
+        duration_s,
+    })
+}
 
+/// The report of one step: its own downtime (longest gap between decode steps from its start to
+/// its release) and throughput in windows of half-width `w`; `during_s`, when given, fixes the
+/// length of the during window (the bench uses the slowest strategy's transition, as the paper
+/// does), else it runs to `w` past the step's release.
+pub fn step_report(
+    metrics: &Metrics,
+    at: f64,
+    rep: &ScaleReport,
+    w: f64,
+    during_s: Option<f64>,
+) -> StepReport {
+    let start = rep.started_s;
+    let end = start + rep.latency_s + rep.times.release_s;
+    let during_end = during_s.map_or(end + w, |d| start + d.max(w));
+    let win = |a: f64, b: f64| metrics.summary(Some((a.max(0.0), b)));
+    let (before, during, after) = (
+        win(start - w, start),
+        win(start, during_end),
+        win(during_end, during_end + 2.0 * w),
+    );
+    StepReport {
+        at_s: at,
+        from: rep.from,
+        to: rep.to,
+        latency_s: rep.latency_s,
+        release_s: rep.times.release_s,
+        downtime_s: metrics.longest_gap_s(Some((start, end))),
+        peak_bytes: rep.peak_bytes,
+        bytes_moved: rep.stats.moved_bytes(),
+        moved_requests: rep.moved_requests,
+        drained_requests: rep.drained_requests,
+        throughput: Throughput {
+            before: before.tokens_per_s,
+            during: during.tokens_per_s,
+            after: after.tokens_per_s,
+            requests_before: before.requests_per_s,
+            requests_during: during.requests_per_s,
+            requests_after: after.requests_per_s,
+        },
+    }
+}
+
+/// Start a server on a fresh node: the HMM, the model loaded under its initial config.
+pub fn start_server(o: &NodeOptions, max_batch: usize) -> Result<(Arc<Server>, u32), CliError> {
+    let Node {
+        hmm,
+        deployment,
+        checkpoint,
+    } = Node::start(o)?;
+    if checkpoint.is_none() {
+        return Err(CliError::usage(anyhow::anyhow!(
+            "serving computes on the weights: use a backend that holds bytes (host), not {}",
+            hmm.backend().kind()
+        )));
+    }
+    let vocab = deployment.model.vocab_size;
+    let server = Server::start(
+        hmm,
+        deployment,
+        checkpoint,
+        ServeOptions {
+            max_batch,
+            ..ServeOptions::default()
+        },
+    )
+    .map_err(|e| CliError::new(exit::REFUSED, e))?;
+    Ok((Arc::new(server), vocab))
+}
+
+/// Run `s`, writing NDJSON events to `out` when `json` (else short human lines to stderr), and
+/// return the report (also written to `out` as the last line in JSON mode).
+pub fn run(s: &Scenario, json: bool, out: &mut dyn Write) -> Result<Report, CliError> {
+    let requests: Vec<RequestSpec> = s.traffic.generate().map_err(CliError::usage)?;
+    let (server, vocab) = start_server(&node_options(s)?, s.serve.max_batch)?;
+    let bw = measure_memcpy();
+    let steps: Vec<TimedStep> = s
+        .scale
+        .iter()
+        .map(|st| TimedStep {
+            at_s: st.at.as_secs_f64(),
+            to: st.to,
+            strategy: Strategy::Elastic,
+        })
+        .collect();
+    let slo = s.slo.as_ref().map(|x| Slo {
+        ttft_s: x.ttft.as_secs_f64(),
+        tpot_s: x.tpot.as_secs_f64(),
+    });
+    let mut sink = |v: serde_json::Value| -> Result<(), CliError> {
+        if json {
+            writeln!(out, "{v}").map_err(CliError::failed)?;
+        }
+        Ok(())
+    };
+    let d = drive(
+        &server,
+        &requests,
+        s.traffic.seed,
+        vocab,
+        &steps,
+        slo,
+        Topology::uniform(bw, bw),
+        !json,
+        &mut sink,
+    )?;
     let w = s.window.map_or(5.0, |d| d.as_secs_f64());
     let mut steps = Vec::new();
-    let mut failed_steps: Vec<String> = refused.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    for r in results.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+    let mut failed_steps = d.refused.clone();
+    for r in &d.results {
         match r {
-            Ok((at, rep)) => {
-                let start = rel(rep.started_s);
-                let end = start + rep.latency_s + rep.times.release_s;
-                let win = |a: f64, b: f64| metrics.summary(Some((a.max(0.0), b)));
-                let (before, during, after) = (
-                    win(start - w, start),
-                    win(start, end + w),
-                    win(end + w, end + 3.0 * w),
-                );
-                steps.push(StepReport {
-                    at_s: *at,
-                    from: rep.from,
-                    to: rep.to,
-                    latency_s: rep.latency_s,
-                    release_s: rep.times.release_s,
-                    downtime_s: metrics.longest_gap_s(Some((start, end))),
-                    peak_bytes: rep.peak_bytes,
-                    bytes_moved: rep.stats.moved_bytes(),
-                    moved_requests: rep.moved_requests,
-                    drained_requests: rep.drained_requests,
-                    throughput: Throughput {
-                        before: before.tokens_per_s,
-                        during: during.tokens_per_s,
-                        after: after.tokens_per_s,
-                        requests_before: before.requests_per_s,
-                        requests_during: during.requests_per_s,
-                        requests_after: after.requests_per_s,
-                    },
-                });
-            }
+            Ok((at, rep)) => steps.push(step_report(&d.metrics, *at, rep, w, None)),
             Err(e) => failed_steps.push(e.clone()),
         }
     }
-    let summary = metrics.summary(None);
-    let bucket = (duration_s / 100.0).max(0.25);
-    let series = metrics.series(bucket).unwrap_or_default();
+    let summary = d.metrics.summary(None);
+    let bucket = (d.duration_s / 100.0).max(0.25);
+    let series = d.metrics.series(bucket).unwrap_or_default();
     let report = Report {
         series,
         scenario: s.name.clone(),
         requests: requests.len(),
-        finished,
-        duration_s,
+        finished: d.finished,
+        duration_s: d.duration_s,
         steps,
         slo_attainment: summary.slo_attainment,
         summary,
@@ -353,7 +430,7 @@ pub fn run(s: &Scenario, json: bool, out: &mut dyn Write) -> Result<Report, CliE
     if json {
         let mut v = serde_json::to_value(&report).map_err(CliError::failed)?;
         v["type"] = json!("report");
-        v["ts"] = json!(duration_s);
+        v["ts"] = json!(d.duration_s);
         writeln!(out, "{v}").map_err(CliError::failed)?;
     }
     if let Ok(server) = Arc::try_unwrap(server) {

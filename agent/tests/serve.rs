@@ -243,3 +243,36 @@ fn every_strategy_scales_while_serving_and_answers_do_not_change() {
         assert_eq!(held, mine, "{strategy}: nothing leaked");
     }
 }
+
+#[test]
+fn standby_runtimes_are_pre_initialized_and_kept_in_an_lru() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path(), "dp2tp2ep4");
+    let topo = Topology::uniform(1e10, 1e10);
+    let up: ParallelConfig = "dp4tp2ep8".parse().unwrap();
+    let p = s.plan(up, Policy::Balanced, &topo).unwrap();
+    let r = s.scale(&p, &AtomicBool::new(false)).unwrap();
+    assert!(!r.standby_hit, "nothing was pre-initialized");
+    // The released dp2 runtime is kept; stepping back finds it.
+    assert_eq!(
+        s.standby(),
+        vec!["dp2tp2ep4".parse::<ParallelConfig>().unwrap()]
+    );
+    let p = s
+        .plan("dp2tp2ep4".parse().unwrap(), Policy::Balanced, &topo)
+        .unwrap();
+    let r = s.scale(&p, &AtomicBool::new(false)).unwrap();
+    assert!(r.standby_hit);
+    // Pre-initialize a target ahead of its step.
+    s.pre_initialize("dp3tp2ep6".parse().unwrap()).unwrap();
+    let p = s
+        .plan("dp3tp2ep6".parse().unwrap(), Policy::Balanced, &topo)
+        .unwrap();
+    assert!(s.scale(&p, &AtomicBool::new(false)).unwrap().standby_hit);
+    // The cache is bounded.
+    for c in ["dp1tp2ep2", "dp4tp2ep8", "dp2tp2ep4", "dp1tp1ep1"] {
+        let _ = s.pre_initialize(c.parse().unwrap());
+    }
+    assert!(s.standby().len() <= 4);
+    s.shutdown();
+}

@@ -144,6 +144,10 @@ pub fn drive(
     human: bool,
     sink: &mut dyn FnMut(serde_json::Value) -> Result<(), CliError>,
 ) -> Result<Driven, CliError> {
+    // Standby runtimes for every target, pre-initialized before the run (the paper's PreInit).
+    for st in steps {
+        let _ = server.pre_initialize(st.to);
+    }
     let t0 = server.now();
 
     // Traffic: submit each request at its arrival time.

@@ -99,6 +99,10 @@ pub struct ServeOptions {
     /// Most requests in one decode step of a replica.
     pub max_batch: usize,
     pub exec: ExecOptions,
+    /// Pre-initialization: take the target's runtime from the standby cache and populate the
+    /// new instance's weight mappings before the switchover. Off (the ablation), the runtime is
+    /// built at the switchover and the first decode steps fault the pages in.
+    pub pre_init: bool,
 }
 
 impl Default for ServeOptions {
@@ -106,6 +110,7 @@ impl Default for ServeOptions {
         Self {
             max_batch: 16,
             exec: ExecOptions::default(),
+            pre_init: true,
         }
     }
 }
@@ -140,6 +145,34 @@ impl Running {
 struct Instance {
     deployment: Arc<Deployment>,
     state: InstanceState,
+    /// The instance's pre-initialized runtime (its compute layout for the config).
+    engine: Arc<Engine>,
+}
+
+/// Pre-initialized runtimes of configs not serving now, most recently used first.
+#[derive(Default)]
+struct Standby {
+    entries: Vec<(ParallelConfig, Arc<Engine>)>,
+}
+
+impl Standby {
+    /// Standby runtimes kept at most.
+    const CAPACITY: usize = 4;
+
+    fn take(&mut self, config: ParallelConfig) -> Option<Arc<Engine>> {
+        let i = self.entries.iter().position(|(c, _)| *c == config)?;
+        Some(self.entries.remove(i).1)
+    }
+
+    fn put(&mut self, config: ParallelConfig, engine: Arc<Engine>) {
+        self.entries.retain(|(c, _)| *c != config);
+        self.entries.insert(0, (config, engine));
+        self.entries.truncate(Self::CAPACITY);
+    }
+
+    fn configs(&self) -> Vec<ParallelConfig> {
+        self.entries.iter().map(|(c, _)| *c).collect()
+    }
 }
 
 /// Everything the workers share, under one mutex.
@@ -157,11 +190,11 @@ struct State {
     next_request: u64,
     stop: bool,
     scaling: bool,
+    standby: Standby,
 }
 
 struct Shared {
     hmm: RwLock<Hmm>,
-    engine: Engine,
     state: Mutex<State>,
     wake: Condvar,
     start: Instant,
@@ -202,6 +235,11 @@ pub struct ScaleReport {
     pub drained_requests: usize,
     /// Highest HMM-measured per-device peak during the step.
     pub peak_bytes: u64,
+    /// The target's runtime came pre-initialized from the standby cache.
+    pub standby_hit: bool,
+    /// Seconds spent initializing the runtime and populating the new view before the
+    /// switchover (part of `latency_s`).
+    pub init_s: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -248,7 +286,7 @@ impl Server {
         checkpoint: Option<Checkpoint>,
         opts: ServeOptions,
     ) -> Result<Self, ServeError> {
-        let engine = Engine::new(&deployment.model, deployment.config.tp())?;
+        let engine = Arc::new(Engine::new(&deployment.model, deployment.config.tp())?);
         let kv_layout = engine.kv_layout(&hmm, &deployment);
         let mut kv = KvBlocks::new(kv_layout.blocks);
         for r in &deployment.devices {
@@ -267,6 +305,7 @@ impl Server {
             next_request: 0,
             stop: false,
             scaling: false,
+            standby: Standby::default(),
         };
         let config = deployment.config;
         state.instances.insert(
@@ -274,11 +313,11 @@ impl Server {
             Instance {
                 deployment: Arc::new(deployment),
                 state: InstanceState::Active,
+                engine,
             },
         );
         let shared = Arc::new(Shared {
             hmm: RwLock::new(hmm),
-            engine,
             state: Mutex::new(state),
             wake: Condvar::new(),
             start: Instant::now(),
@@ -316,6 +355,23 @@ impl Server {
                     .expect("spawn a worker thread"),
             );
         }
+    }
+
+    /// Pre-initialize a standby runtime for `config` (kept in an LRU cache of
+    /// [`Standby::CAPACITY`]), so a later step to it skips initialization. Returns the seconds
+    /// it took.
+    pub fn pre_initialize(&self, config: ParallelConfig) -> Result<f64, ServeError> {
+        let model = self.active().model.clone();
+        let t = Instant::now();
+        let engine = Arc::new(Engine::new(&model, config.tp())?);
+        let s = t.elapsed().as_secs_f64();
+        self.shared.lock().standby.put(config, engine);
+        Ok(s)
+    }
+
+    /// Configs with a pre-initialized standby runtime, most recently used first.
+    pub fn standby(&self) -> Vec<ParallelConfig> {
+        self.shared.lock().standby.configs()
     }
 
     /// Seconds since the server started (the time base of every record).

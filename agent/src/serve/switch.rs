@@ -14,7 +14,9 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use emoe_core::deploy::{DeployOptions, Deployment};
+use emoe_core::engine::Engine;
 use emoe_core::hmm::Hmm;
+use emoe_core::model::ModelSpec;
 use emoe_core::plan::{self, Plan, PlanInput, Policy, Topology};
 use emoe_core::scale::{Strategy, Transition, TransitionOptions, pool_state};
 use emoe_core::{DeviceId, ParallelConfig};
@@ -178,6 +180,33 @@ impl Server {
         r
     }
 
+    /// The runtime for `config`: the standby one when pre-initialization is on and the cache
+    /// has it, else built now. Returns it and whether it came from the cache.
+    fn runtime_for(
+        &self,
+        model: &ModelSpec,
+        config: ParallelConfig,
+    ) -> Result<(Arc<Engine>, bool), ServeError> {
+        if self.shared.opts.pre_init
+            && let Some(e) = self.shared.lock().standby.take(config)
+        {
+            return Ok((e, true));
+        }
+        Ok((Arc::new(Engine::new(model, config.tp())?), false))
+    }
+
+    /// Initialize the new instance before it serves: its runtime, and (with pre-initialization)
+    /// its weight mappings populated.
+    fn initialize(&self, new: &Deployment) -> Result<(Arc<Engine>, bool, f64), ServeError> {
+        let t = Instant::now();
+        let (engine, hit) = self.runtime_for(&new.model, new.config)?;
+        if self.shared.opts.pre_init {
+            let hmm = self.shared.read();
+            let _ = new.touch(&hmm);
+        }
+        Ok((engine, hit, t.elapsed().as_secs_f64()))
+    }
+
     fn event(&self, e: ScaleEvent) {
         let ts = self.shared.t();
         self.shared
@@ -280,9 +309,17 @@ impl Server {
             }
         };
         times.commit_s = start.elapsed().as_secs_f64() - before_commit;
+        let (engine, standby_hit, init_s) = match self.initialize(&new) {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = new.unload(&mut sh.write());
+                phase(Phase::Failed);
+                return Err(e);
+            }
+        };
 
         phase(Phase::Switching);
-        let (moved, drained) = self.switch_to(new, old_id, &old, join);
+        let (moved, drained) = self.switch_to(new, engine, old_id, &old, join);
         let latency_s = start.elapsed().as_secs_f64();
         drop(old);
         if join == Join::Replace {
@@ -302,6 +339,8 @@ impl Server {
             moved_requests: moved,
             drained_requests: drained,
             peak_bytes: self.peak(&devices),
+            standby_hit,
+            init_s,
         })
     }
 
@@ -311,6 +350,7 @@ impl Server {
     fn switch_to(
         &self,
         new: Deployment,
+        engine: Arc<Engine>,
         old_id: u64,
         old: &Deployment,
         join: Join,
@@ -348,6 +388,7 @@ impl Server {
                 Instance {
                     deployment: Arc::new(new),
                     state: InstanceState::Active,
+                    engine,
                 },
             );
             let (mut moved, mut drained) = (0, 0);
@@ -488,6 +529,14 @@ impl Server {
                 )));
             }
         };
+        let (engine, standby_hit, init_s) = match self.initialize(&new) {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = new.unload(&mut sh.write());
+                phase(Phase::Failed);
+                return Err(e);
+            }
+        };
         let stats = emoe_core::scale::TransitionStats {
             disk_bytes: new.stats.disk_bytes,
             p2p_bytes: new.stats.p2p_bytes,
@@ -507,6 +556,7 @@ impl Server {
                 Instance {
                     deployment: Arc::new(new),
                     state: InstanceState::Active,
+                    engine,
                 },
             );
             st.active = id;
@@ -536,6 +586,8 @@ impl Server {
             moved_requests: 0,
             drained_requests: aborted,
             peak_bytes: self.peak(&devices),
+            standby_hit,
+            init_s,
         })
     }
 
@@ -607,6 +659,11 @@ impl Server {
             let Some(inst) = st.instances.remove(&id) else {
                 return;
             };
+            // The released instance's runtime stays pre-initialized for a step back.
+            if sh.opts.pre_init {
+                st.standby
+                    .put(inst.deployment.config, Arc::clone(&inst.engine));
+            }
             let ts = sh.t();
             st.events.push(ServeEvent::Instance {
                 ts,

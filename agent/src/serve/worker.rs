@@ -14,7 +14,7 @@ use super::{Finished, InstanceState, Running, ServeEvent, Shared, groups_of};
 pub(super) fn run(sh: &Arc<Shared>, instance: u64, replica: usize) {
     loop {
         // Form the batch under the state lock.
-        let (dep, group, batch) = {
+        let (dep, engine, group, batch) = {
             let mut st = sh.lock();
             loop {
                 if st.stop {
@@ -24,6 +24,7 @@ pub(super) fn run(sh: &Arc<Shared>, instance: u64, replica: usize) {
                     return;
                 };
                 let dep = Arc::clone(&inst.deployment);
+                let engine = Arc::clone(&inst.engine);
                 let active = inst.state == InstanceState::Active;
                 let group: Vec<DeviceId> = groups_of(&dep)[replica].clone();
                 if active {
@@ -43,7 +44,7 @@ pub(super) fn run(sh: &Arc<Shared>, instance: u64, replica: usize) {
                             r.busy = true;
                         }
                     }
-                    break (dep, group, batch);
+                    break (dep, engine, group, batch);
                 }
                 st = sh
                     .wake
@@ -69,7 +70,7 @@ pub(super) fn run(sh: &Arc<Shared>, instance: u64, replica: usize) {
                 blocks,
             })
             .collect();
-        let out = sh.engine.step_locked(|| sh.read(), &dep, replica, &step_in);
+        let out = engine.step_locked(|| sh.read(), &dep, replica, &step_in);
         drop(dep);
         let now = sh.t();
         let mut st = sh.lock();

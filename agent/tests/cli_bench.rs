@@ -173,3 +173,53 @@ fn bench_scale_with_traffic_adds_serving_figures() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--traffic lots"));
 }
+
+#[test]
+fn bench_ablation_reports_the_cumulative_rows() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = agent(
+        &[
+            "bench",
+            "ablation",
+            "--model",
+            "micro-moe",
+            "--hbm",
+            "256MiB",
+            "--from",
+            "dp2tp2ep4",
+            "--to",
+            "dp3tp2ep6",
+            "--runs",
+            "1",
+            "--traffic",
+            "10",
+            "--duration",
+            "1s",
+            "--at",
+            "300ms",
+            "--window",
+            "300ms",
+            "--max-batch",
+            "4",
+            "--json",
+        ],
+        cache.path(),
+    );
+    let r = json(&out);
+    let rows = r["rows"].as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|x| x["row"].as_str().unwrap()).collect();
+    assert_eq!(names, ["full", "-zero-copy", "-p2p", "-pre-init"]);
+    assert_eq!(
+        rows[0]["disk_bytes"], 0,
+        "ElasticMoE reads nothing from disk"
+    );
+    assert!(
+        rows[2]["disk_bytes"].as_u64().unwrap() > 0,
+        "without P2P, bytes come from disk"
+    );
+    let moved = |i: usize| rows[i]["bytes_moved"].as_u64().unwrap();
+    assert!(
+        moved(1) > moved(0),
+        "without zero-copy, kept weights are copied too"
+    );
+}

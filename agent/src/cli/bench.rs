@@ -26,6 +26,7 @@ use crate::exit::{self, CliError};
 use crate::plot::{Marker, Series, write_svg};
 use crate::scale::{ExecOptions, PhaseTimes, run_elastic};
 use crate::scenario::{TimedStep, drive, step_report};
+use crate::serve::ServeOptions;
 use emoe_core::metrics::Metrics;
 use emoe_core::traffic::{RequestSpec, TrafficSpec};
 
@@ -41,6 +42,9 @@ pub enum BenchCommand {
     Scale(ScaleArgs),
     /// Time the planner (no execution of the plan beyond one accounting-only run).
     Plan(PlanBenchArgs),
+    /// The cumulative ablation: ElasticMoE, then without zero-copy, without P2P (disk), without
+    /// pre-initialization, each while serving.
+    Ablation(super::ablation::AblationArgs),
 }
 
 #[derive(Debug, Args)]
@@ -129,10 +133,11 @@ pub fn run(a: &BenchArgs) -> Result<(), CliError> {
     match &a.what {
         BenchCommand::Scale(s) => scale_bench(s),
         BenchCommand::Plan(p) => plan_bench(p),
+        BenchCommand::Ablation(x) => super::ablation::run(x),
     }
 }
 
-fn median(v: &[f64]) -> f64 {
+pub(super) fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     match s.len() {
@@ -202,14 +207,14 @@ struct ScaleReport {
 }
 
 /// One run's measurements.
-struct RunResult {
-    latency_s: f64,
-    bytes_moved: u64,
-    peaks: BTreeMap<DeviceId, u64>,
-    floor_bytes: Option<u64>,
-    phases: Option<PhaseTimes>,
+pub(super) struct RunResult {
+    pub latency_s: f64,
+    pub bytes_moved: u64,
+    pub peaks: BTreeMap<DeviceId, u64>,
+    pub floor_bytes: Option<u64>,
+    pub phases: Option<PhaseTimes>,
     /// With --traffic: what the server measured, and the step's report.
-    served: Option<(Metrics, crate::serve::ScaleReport, f64)>,
+    pub served: Option<(Metrics, crate::serve::ScaleReport, f64)>,
 }
 
 fn involved(old: &Deployment, new: &[&Deployment]) -> Vec<DeviceId> {
@@ -375,22 +380,32 @@ fn run_once(
 }
 
 /// Traffic for a serving bench.
-struct TrafficCtx {
-    requests: Vec<RequestSpec>,
-    seed: u64,
-    at_s: f64,
-    max_batch: usize,
+pub(super) struct TrafficCtx {
+    pub requests: Vec<RequestSpec>,
+    pub seed: u64,
+    pub at_s: f64,
+    pub opts: ServeOptions,
 }
 
 fn traffic_ctx(a: &ScaleArgs) -> Result<TrafficCtx, CliError> {
     let Some(t) = &a.traffic else {
         return Err(CliError::usage(anyhow::anyhow!("no traffic given")));
     };
+    traffic_from(t, a.duration, a.at, a.max_batch)
+}
+
+/// `--traffic RATE|FILE` with the serving knobs.
+pub(super) fn traffic_from(
+    t: &str,
+    duration: Duration,
+    at: Duration,
+    max_batch: u32,
+) -> Result<TrafficCtx, CliError> {
     let spec: TrafficSpec = match t.trim().parse::<f64>() {
         Ok(rate) => {
             let text = format!(
                 "profile = \"poisson\"\nrate = {rate}\nprompt = {{ uniform = {{ min = 8, max = 32 }} }}\noutput = {{ fixed = 16 }}\nseed = 1\nduration_s = {}\n",
-                a.duration.as_secs_f64()
+                duration.as_secs_f64()
             );
             toml::from_str(&text)
                 .map_err(|e| CliError::usage(anyhow::anyhow!("--traffic {t}: {}", e.message())))?
@@ -416,21 +431,24 @@ fn traffic_ctx(a: &ScaleArgs) -> Result<TrafficCtx, CliError> {
     Ok(TrafficCtx {
         requests,
         seed: spec.seed,
-        at_s: a.at.as_secs_f64(),
-        max_batch: a.max_batch as usize,
+        at_s: at.as_secs_f64(),
+        opts: ServeOptions {
+            max_batch: max_batch as usize,
+            ..ServeOptions::default()
+        },
     })
 }
 
 /// One run of one strategy while serving: a fresh node and server, the traffic, the step at
 /// its time; latency, bytes and peak come from the server's report.
-fn run_served(
+pub(super) fn run_served(
     s: Strategy,
     o: &NodeOptions,
     to: ParallelConfig,
     t: &TrafficCtx,
     topology: Topology,
 ) -> Result<RunResult, CliError> {
-    let (server, vocab) = crate::scenario::start_server(o, t.max_batch)?;
+    let (server, vocab) = crate::scenario::start_server(o, t.opts.clone())?;
     let step = TimedStep {
         at_s: t.at_s,
         to,

@@ -1,6 +1,7 @@
 //! The `emoe-agent` command line. Machine output goes to stdout, human messages to stderr;
 //! exit codes are in [`crate::exit`].
 
+mod ablation;
 mod bench;
 mod inspect;
 mod plan;

@@ -346,7 +346,7 @@ pub fn step_report(
 }
 
 /// Start a server on a fresh node: the HMM, the model loaded under its initial config.
-pub fn start_server(o: &NodeOptions, max_batch: usize) -> Result<(Arc<Server>, u32), CliError> {
+pub fn start_server(o: &NodeOptions, opts: ServeOptions) -> Result<(Arc<Server>, u32), CliError> {
     let Node {
         hmm,
         deployment,
@@ -359,16 +359,8 @@ pub fn start_server(o: &NodeOptions, max_batch: usize) -> Result<(Arc<Server>, u
         )));
     }
     let vocab = deployment.model.vocab_size;
-    let server = Server::start(
-        hmm,
-        deployment,
-        checkpoint,
-        ServeOptions {
-            max_batch,
-            ..ServeOptions::default()
-        },
-    )
-    .map_err(|e| CliError::new(exit::REFUSED, e))?;
+    let server = Server::start(hmm, deployment, checkpoint, opts)
+        .map_err(|e| CliError::new(exit::REFUSED, e))?;
     Ok((Arc::new(server), vocab))
 }
 
@@ -376,7 +368,11 @@ pub fn start_server(o: &NodeOptions, max_batch: usize) -> Result<(Arc<Server>, u
 /// return the report (also written to `out` as the last line in JSON mode).
 pub fn run(s: &Scenario, json: bool, out: &mut dyn Write) -> Result<Report, CliError> {
     let requests: Vec<RequestSpec> = s.traffic.generate().map_err(CliError::usage)?;
-    let (server, vocab) = start_server(&node_options(s)?, s.serve.max_batch)?;
+    let opts = ServeOptions {
+        max_batch: s.serve.max_batch,
+        ..ServeOptions::default()
+    };
+    let (server, vocab) = start_server(&node_options(s)?, opts)?;
     let bw = measure_memcpy();
     let steps: Vec<TimedStep> = s
         .scale

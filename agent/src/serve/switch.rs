@@ -18,7 +18,7 @@ use emoe_core::engine::Engine;
 use emoe_core::hmm::Hmm;
 use emoe_core::model::ModelSpec;
 use emoe_core::plan::{self, Plan, PlanInput, Policy, Topology};
-use emoe_core::scale::{Strategy, Transition, TransitionOptions, pool_state};
+use emoe_core::scale::{Source, Strategy, Transition, TransitionOptions, pool_state};
 use emoe_core::{DeviceId, ParallelConfig};
 
 use super::{
@@ -258,10 +258,10 @@ impl Server {
         let devices = self.reset_peaks();
         let mut times = PhaseTimes::default();
         phase(Phase::Preparing);
-        if opts.cold
+        if (opts.cold || opts.source == Source::Disk)
             && let Some(c) = &sh.checkpoint
         {
-            // A fresh load reads from disk, as a new process would.
+            // Reading from disk means from disk, as after a fresh start: not the page cache.
             let _ = c.drop_page_cache();
         }
         let t = {

@@ -546,3 +546,46 @@ fn ablations_copy_locally_or_read_from_disk_and_still_verify() {
         check_clean(&hmm, &new, &c);
     }
 }
+
+#[test]
+fn the_preallocated_pool_serves_the_steps_allocations() {
+    let c = ckpt();
+    let mut hmm = host(8, 64 << 10);
+    let dep = load(&mut hmm, &c, "dp2tp2ep4");
+    let p = plan_for(&hmm, &dep, "dp3tp2ep6");
+    let want: u64 = scale::step_allocations(&hmm, &dep, &p)
+        .iter()
+        .map(|(d, b)| hmm.round_up(*d, *b).unwrap())
+        .sum();
+    let used_before: u64 = hmm
+        .devices()
+        .iter()
+        .map(|d| hmm.usage(d.id).unwrap().used)
+        .sum();
+    let n = scale::prefault(&hmm, &dep, &p).unwrap();
+    assert!(n > 0);
+    assert_eq!(hmm.backend().pooled_bytes(), want);
+    let used_after: u64 = hmm
+        .devices()
+        .iter()
+        .map(|d| hmm.usage(d.id).unwrap().used)
+        .sum();
+    assert_eq!(
+        used_after, used_before,
+        "the pool is not device memory until allocated"
+    );
+    let t =
+        Transition::prepare(&mut hmm, &dep, &p, Some(&c), &TransitionOptions::default()).unwrap();
+    assert_eq!(
+        hmm.backend().pooled_bytes(),
+        0,
+        "every allocation came from the pool"
+    );
+    t.run_all(&hmm, Some(&c)).unwrap();
+    let new = t.commit(&mut hmm).unwrap();
+    dep.unload(&mut hmm).unwrap();
+    check_clean(&hmm, &new, &c);
+    // Bad pool sizes are refused by name.
+    let e = hmm.backend().prefault(&[1000]).unwrap_err();
+    assert!(e.to_string().contains("1000"), "{e}");
+}

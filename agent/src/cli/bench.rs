@@ -85,6 +85,10 @@ pub struct ScaleArgs {
     /// With --traffic: draw throughput and SLO attainment over time per strategy (SVG).
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
+    /// Skip pre-initialization: no pre-allocated pool filled with the step's allocations and no
+    /// standby runtime before the command (the `-pre-init` row of the ablation).
+    #[arg(long)]
+    pub no_pre_init: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -261,6 +265,7 @@ fn run_once(
     to: ParallelConfig,
     exec: &ExecOptions,
     topology: &Topology,
+    pre_init: bool,
 ) -> Result<RunResult, CliError> {
     let Node {
         mut hmm,
@@ -276,6 +281,14 @@ fn run_once(
         kv_tokens: o.kv_tokens,
         ..DeployOptions::default()
     };
+    if s == Strategy::Elastic && pre_init {
+        // Pre-initialization, before the command: the pool holds the step's allocations (the
+        // paper's pre-allocated IPC memory pool).
+        let pool = pool_state(&hmm);
+        let input = plan_input(&old, &from_devices, &pool, to, o.kv_tokens, topology);
+        let p = plan::plan(&input).map_err(refused)?;
+        scale::prefault(&hmm, &old, &p).map_err(CliError::failed)?;
+    }
     let start = Instant::now();
     let (new, keep, devices, bytes_moved, floor_bytes, phases, latency_s) =
         if s == Strategy::Elastic {
@@ -522,7 +535,11 @@ fn scale_bench(a: &ScaleArgs) -> Result<(), CliError> {
         notes: Vec::new(),
     };
     let traffic = match &a.traffic {
-        Some(_) => Some(traffic_ctx(a)?),
+        Some(_) => {
+            let mut t = traffic_ctx(a)?;
+            t.opts.pre_init = !a.no_pre_init;
+            Some(t)
+        }
         None => None,
     };
     let mut elastic_latency = None;
@@ -544,7 +561,7 @@ fn scale_bench(a: &ScaleArgs) -> Result<(), CliError> {
             let topology = Topology::uniform(bw, bw);
             let r = match &traffic {
                 Some(t) => run_served(s, &o, a.to, t, topology),
-                None => run_once(s, &o, a.to, &exec, &topology),
+                None => run_once(s, &o, a.to, &exec, &topology, !a.no_pre_init),
             };
             match r {
                 Ok(x) => runs.push(x),
@@ -631,6 +648,11 @@ fn scale_bench(a: &ScaleArgs) -> Result<(), CliError> {
             base.logical_per_gpu
         ));
     }
+    report.notes.push(if a.no_pre_init {
+        "no pre-initialization: elastic allocates and faults its pages on the scaling path".into()
+    } else {
+        "elastic is pre-initialized: its allocations wait in the pre-allocated pool (filled before the command, as ElasticMoE's IPC allocator) and its runtime in the standby cache; --no-pre-init turns that off".into()
+    });
     if kind == "host" {
         report.notes.push(
             "host backend: devices are memfd-backed host memory; P2P is memcpy; disk reads follow posix_fadvise(DONTNEED)"

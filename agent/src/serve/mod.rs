@@ -358,12 +358,20 @@ impl Server {
     }
 
     /// Pre-initialize a standby runtime for `config` (kept in an LRU cache of
-    /// [`Standby::CAPACITY`]), so a later step to it skips initialization. Returns the seconds
-    /// it took.
+    /// [`Standby::CAPACITY`]) and fill the backend's pre-allocated pool with what a step to it
+    /// would allocate, so the step skips both. Returns the seconds it took.
     pub fn pre_initialize(&self, config: ParallelConfig) -> Result<f64, ServeError> {
-        let model = self.active().model.clone();
+        let active = self.active();
         let t = Instant::now();
-        let engine = Arc::new(Engine::new(&model, config.tp())?);
+        let engine = Arc::new(Engine::new(&active.model, config.tp())?);
+        if self.shared.opts.pre_init && config != active.config {
+            // The step's allocations wait in the pre-allocated pool (where the backend has one).
+            let topo = emoe_core::plan::Topology::uniform(1e10, 1e10);
+            if let Ok(p) = self.plan(config, emoe_core::plan::Policy::Balanced, &topo) {
+                let hmm = self.shared.read();
+                let _ = emoe_core::scale::prefault(&hmm, &active, &p);
+            }
+        }
         let s = t.elapsed().as_secs_f64();
         self.shared.lock().standby.put(config, engine);
         Ok(s)

@@ -10,6 +10,7 @@
 //! Every mapping call is validated first (alignment, inside a live reservation, same device), so a
 //! `MAP_FIXED` never lands outside memory this backend reserved.
 
+use std::collections::BTreeMap;
 use std::ffi::c_void;
 use std::fmt;
 use std::os::fd::{AsFd, OwnedFd};
@@ -52,14 +53,24 @@ unsafe impl Sync for Backing {}
 
 impl Backing {
     fn new(fd: OwnedFd, size: u64) -> BackendResult<Self> {
+        Self::map(fd, size, false)
+    }
+
+    /// With `populate`, every page is allocated and mapped now (the pre-allocated pool).
+    fn map(fd: OwnedFd, size: u64, populate: bool) -> BackendResult<Self> {
         let len = usize::try_from(size).map_err(|_| too_big(size))?;
+        let flags = if populate {
+            MapFlags::SHARED | MapFlags::POPULATE
+        } else {
+            MapFlags::SHARED
+        };
         // SAFETY: a fresh mapping chosen by the kernel; it overlaps nothing we own.
         let p = unsafe {
             rustix::mm::mmap(
                 ptr::null_mut(),
                 len,
                 ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED,
+                flags,
                 &fd,
                 0,
             )
@@ -90,6 +101,10 @@ pub struct HostBackend {
     table: DeviceTable,
     page: u64,
     books: Mutex<Books<Arc<Backing>>>,
+    /// Pre-allocated, populated memfds by size, taken by allocations of that size: the
+    /// pre-allocated pool (ElasticMoE's IPC allocator) that keeps page allocation and faults
+    /// off the scaling path.
+    pool: Mutex<BTreeMap<u64, Vec<Backing>>>,
 }
 
 impl HostBackend {
@@ -115,6 +130,7 @@ impl HostBackend {
             table: DeviceTable::new(BackendKind::Host, devices)?,
             page,
             books: Mutex::new(Books::new()),
+            pool: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -183,12 +199,63 @@ impl DeviceBackend for HostBackend {
 
     fn alloc_physical(&self, device: DeviceId, size: u64) -> BackendResult<PhysHandle> {
         self.table.check_size(device, "allocation size", size)?;
+        let pooled = self
+            .pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&size)
+            .and_then(Vec::pop);
+        if let Some(backing) = pooled {
+            let handle = self.books().next_handle();
+            let phys = Phys {
+                device,
+                size,
+                extra: Arc::new(backing),
+            };
+            self.books().insert_alloc(handle, phys);
+            return Ok(handle);
+        }
         let handle = self.books().next_handle();
         let name = format!("emoe-{device}-a{}", handle.0);
         let fd = rustix::fs::memfd_create(name.as_str(), MemfdFlags::CLOEXEC)
             .map_err(|e| os("memfd_create", e))?;
         rustix::fs::ftruncate(&fd, size).map_err(|e| os("ftruncate", e))?;
         self.adopt(handle, device, fd, size)
+    }
+
+    fn prefault(&self, sizes: &[u64]) -> BackendResult<usize> {
+        let mut made = Vec::with_capacity(sizes.len());
+        for &size in sizes {
+            if size == 0 {
+                return Err(BackendError::ZeroSize { what: "pool entry" });
+            }
+            if !size.is_multiple_of(self.page) {
+                return Err(BackendError::Misaligned {
+                    what: "pool entry size",
+                    value: size,
+                    granularity: self.page,
+                });
+            }
+            let fd = rustix::fs::memfd_create("emoe-pool", MemfdFlags::CLOEXEC)
+                .map_err(|e| os("memfd_create (pool)", e))?;
+            rustix::fs::ftruncate(&fd, size).map_err(|e| os("ftruncate (pool)", e))?;
+            made.push((size, Backing::map(fd, size, true)?));
+        }
+        let n = made.len();
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        for (size, b) in made {
+            pool.entry(size).or_default().push(b);
+        }
+        Ok(n)
+    }
+
+    fn pooled_bytes(&self) -> u64 {
+        self.pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(size, v)| size * v.len() as u64)
+            .sum()
     }
 
     fn free_physical(&self, handle: PhysHandle) -> BackendResult<()> {

@@ -216,6 +216,19 @@ pub trait DeviceBackend: Send + Sync + fmt::Debug {
         Ok(xxhash_rust::xxh3::xxh3_64(&buf))
     }
 
+    /// Prepare physical memory for later allocations of these sizes (already granule-rounded):
+    /// the pre-allocated pool, so a scaling step's allocations neither allocate nor fault pages
+    /// on its critical path. Returns how many entries were prepared; backends without a pool
+    /// prepare none. Pool memory is not device memory in the HMM's books until allocated.
+    fn prefault(&self, _sizes: &[u64]) -> BackendResult<usize> {
+        Ok(0)
+    }
+
+    /// Bytes waiting in the pre-allocated pool.
+    fn pooled_bytes(&self) -> u64 {
+        0
+    }
+
     /// Export a physical allocation so another process can import and map it (zero copy).
     fn export(&self, handle: PhysHandle) -> BackendResult<SharedHandle>;
 

@@ -173,6 +173,17 @@ impl Hmm {
         self.book(device, size, len, tag, handle)
     }
 
+    /// Prepares the backend's pre-allocated pool for allocations of `lens` bytes on `device`
+    /// (each rounded to the granularity, as `alloc` would); see [`DeviceBackend::prefault`].
+    pub fn prefault(&self, device: DeviceId, lens: &[u64]) -> Result<usize, HmmError> {
+        let acc = self.account(device)?;
+        let sizes = lens
+            .iter()
+            .map(|l| acc.round_up("allocation", *l))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(self.backend.prefault(&sizes)?)
+    }
+
     /// Frees an allocation that no slot maps.
     pub fn free(&mut self, id: AllocId) -> Result<(), HmmError> {
         let a = self.get_alloc(id)?;

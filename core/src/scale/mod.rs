@@ -53,3 +53,46 @@ pub fn execute(
     }
     t.commit(hmm)
 }
+
+/// The allocations an elastic transition along `plan` will make, as `(device, bytes)`: one per
+/// copied pack, moved expert and new KV cache. Feeds [`prefault`].
+pub fn step_allocations(
+    hmm: &Hmm,
+    old: &crate::deploy::Deployment,
+    plan: &crate::plan::Plan,
+) -> Vec<(crate::DeviceId, u64)> {
+    use crate::plan::StepKind;
+    let kv_len = old
+        .devices
+        .first()
+        .and_then(|r| hmm.allocation(r.kv_alloc))
+        .map_or(0, |a| a.len);
+    plan.steps
+        .iter()
+        .filter_map(|s| match s.kind {
+            StepKind::CopyPack { dst, .. } | StepKind::MoveExpert { dst, .. } => {
+                Some((dst, s.bytes))
+            }
+            StepKind::AllocKv { device } if kv_len > 0 => Some((device, kv_len)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Fill the backend's pre-allocated pool with what an elastic step along `plan` will allocate
+/// (ElasticMoE's pre-allocated IPC memory pool), ahead of the command. Returns the entries made.
+pub fn prefault(
+    hmm: &Hmm,
+    old: &crate::deploy::Deployment,
+    plan: &crate::plan::Plan,
+) -> Result<usize, ScaleError> {
+    let mut by_device: std::collections::BTreeMap<crate::DeviceId, Vec<u64>> = Default::default();
+    for (d, b) in step_allocations(hmm, old, plan) {
+        by_device.entry(d).or_default().push(b);
+    }
+    let mut n = 0;
+    for (d, lens) in by_device {
+        n += hmm.prefault(d, &lens)?;
+    }
+    Ok(n)
+}

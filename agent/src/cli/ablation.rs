@@ -122,7 +122,7 @@ pub fn run(a: &AblationArgs) -> Result<(), CliError> {
         let steps: Vec<_> = runs
             .iter()
             .filter_map(|r| r.served.as_ref())
-            .map(|(m, rep, at)| (step_report(m, *at, rep, w, None), rep.clone()))
+            .map(|(m, p, rep, at)| (step_report(m, p, *at, rep, w, None), rep.clone()))
             .collect();
         let med = |f: &dyn Fn(&(crate::scenario::StepReport, crate::serve::ScaleReport)) -> f64| {
             median(&steps.iter().map(f).collect::<Vec<_>>())

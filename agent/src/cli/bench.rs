@@ -183,6 +183,13 @@ struct StrategyReport {
     throughput_during: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     throughput_after: Option<f64>,
+    /// With --traffic: tokens processed per second (prefill and decode) in the same windows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    processed_before: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    processed_during: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    processed_after: Option<f64>,
     /// With --traffic: the longest gap between completed decode steps during the step.
     #[serde(skip_serializing_if = "Option::is_none")]
     downtime_s: Option<f64>,
@@ -218,7 +225,7 @@ pub(super) struct RunResult {
     pub floor_bytes: Option<u64>,
     pub phases: Option<PhaseTimes>,
     /// With --traffic: what the server measured, and the step's report.
-    pub served: Option<(Metrics, crate::serve::ScaleReport, f64)>,
+    pub served: Option<(Metrics, Metrics, crate::serve::ScaleReport, f64)>,
 }
 
 fn involved(old: &Deployment, new: &[&Deployment]) -> Vec<DeviceId> {
@@ -497,7 +504,7 @@ pub(super) fn run_served(
         peaks: BTreeMap::from([(DeviceId::new(o.node, 0), rep.peak_bytes)]),
         floor_bytes: (s == Strategy::Elastic).then_some(moved),
         phases: Some(rep.times),
-        served: Some((d.metrics, rep, at)),
+        served: Some((d.metrics, d.processed, rep, at)),
     })
 }
 
@@ -622,6 +629,9 @@ fn scale_bench(a: &ScaleArgs) -> Result<(), CliError> {
                 throughput_before: None,
                 throughput_during: None,
                 throughput_after: None,
+                processed_before: None,
+                processed_during: None,
+                processed_after: None,
                 downtime_s: None,
                 requests_moved: None,
                 requests_drained: None,
@@ -692,7 +702,7 @@ fn add_traffic_figures(
     let transition = |r: &RunResult| {
         r.served
             .as_ref()
-            .map_or(0.0, |(_, rep, _)| rep.latency_s + rep.times.release_s)
+            .map_or(0.0, |(_, _, rep, _)| rep.latency_s + rep.times.release_s)
     };
     let slowest = served
         .iter()
@@ -702,7 +712,7 @@ fn add_traffic_figures(
         let steps: Vec<_> = runs
             .iter()
             .filter_map(|r| r.served.as_ref())
-            .map(|(m, rep, at)| step_report(m, *at, rep, w, Some(slowest)))
+            .map(|(m, p, rep, at)| step_report(m, p, *at, rep, w, Some(slowest)))
             .collect();
         let Some(entry) = report.strategies.get_mut(s.as_str()) else {
             continue;
@@ -714,6 +724,9 @@ fn add_traffic_figures(
         entry.throughput_during = Some(med(|x| x.throughput.during));
         entry.throughput_after = Some(med(|x| x.throughput.after));
         entry.downtime_s = Some(med(|x| x.downtime_s));
+        entry.processed_before = Some(med(|x| x.processed.before));
+        entry.processed_during = Some(med(|x| x.processed.during));
+        entry.processed_after = Some(med(|x| x.processed.after));
         entry.peak_bytes = steps.iter().map(|x| x.peak_bytes).max().unwrap_or(0);
         entry.peak_total_bytes = 0;
         entry.devices_involved = 0;
@@ -730,7 +743,7 @@ fn add_traffic_figures(
         let bucket = 0.25;
         let mut data = Vec::new();
         for (s, runs) in served {
-            if let Some((m, _, _)) = runs.first().and_then(|r| r.served.as_ref()) {
+            if let Some((m, _, _, _)) = runs.first().and_then(|r| r.served.as_ref()) {
                 data.push((s.as_str(), m.series(bucket).unwrap_or_default()));
             }
         }

@@ -51,13 +51,21 @@ pub struct StepReport {
     pub to: ParallelConfig,
     pub latency_s: f64,
     pub release_s: f64,
+    /// The longest gap between completed decode steps from the step's start to its release.
     pub downtime_s: f64,
+    /// The same measure over an equally long window just before the step: the serving
+    /// cadence's own gap, to read `downtime_s` against.
+    pub gap_before_s: f64,
     pub peak_bytes: u64,
     pub bytes_moved: u64,
     pub moved_requests: usize,
     pub drained_requests: usize,
-    /// Tokens per second.
+    /// Generated tokens per second (and requests per second).
     pub throughput: Throughput,
+    /// Tokens processed per second, prefill and decode alike, in the same windows: the serving
+    /// capacity, free of the prefill/decode mix (a replica that just took new requests prefills
+    /// before it generates).
+    pub processed: Throughput,
 }
 
 /// The end of a run.
@@ -121,6 +129,8 @@ pub struct TimedStep {
 /// What a driven run collected.
 pub struct Driven {
     pub metrics: Metrics,
+    /// Tokens processed per decode step (prefill and decode alike): the compute throughput.
+    pub processed: Metrics,
     /// Per step: its scheduled time and report, or why it failed.
     pub results: Vec<StepResult>,
     /// Requests the server refused.
@@ -208,6 +218,7 @@ pub fn drive(
     };
 
     let mut metrics = Metrics::new(slo);
+    let mut processed = Metrics::new(None);
     let mut finished = 0usize;
     let rel = |t: f64| (t - t0).max(0.0);
     let last_arrival = requests.last().map_or(0.0, |r| r.arrival_s);
@@ -216,7 +227,10 @@ pub fn drive(
         std::thread::sleep(Duration::from_millis(50));
         for e in server.take_events() {
             match e {
-                ServeEvent::Step { ts, tokens, .. } => {
+                ServeEvent::Step {
+                    ts, tokens, batch, ..
+                } => {
+                    let _ = processed.record_tokens(rel(ts), batch as u64);
                     let _ = metrics.record_step(rel(ts));
                     if tokens > 0 {
                         let _ = metrics.record_tokens(rel(ts), tokens as u64);
@@ -296,6 +310,7 @@ pub fn drive(
         .collect();
     Ok(Driven {
         metrics,
+        processed,
         results,
         refused,
         finished,
@@ -309,6 +324,7 @@ pub fn drive(
 /// does), else it runs to `w` past the step's release.
 pub fn step_report(
     metrics: &Metrics,
+    processed: &Metrics,
     at: f64,
     rep: &ScaleReport,
     w: f64,
@@ -317,12 +333,22 @@ pub fn step_report(
     let start = rep.started_s;
     let end = start + rep.latency_s + rep.times.release_s;
     let during_end = during_s.map_or(end + w, |d| start + d.max(w));
-    let win = |a: f64, b: f64| metrics.summary(Some((a.max(0.0), b)));
-    let (before, during, after) = (
-        win(start - w, start),
-        win(start, during_end),
-        win(during_end, during_end + 2.0 * w),
-    );
+    let windows = |m: &Metrics| {
+        let win = |a: f64, b: f64| m.summary(Some((a.max(0.0), b)));
+        let (b, d, a) = (
+            win(start - w, start),
+            win(start, during_end),
+            win(during_end, during_end + 2.0 * w),
+        );
+        Throughput {
+            before: b.tokens_per_s,
+            during: d.tokens_per_s,
+            after: a.tokens_per_s,
+            requests_before: b.requests_per_s,
+            requests_during: d.requests_per_s,
+            requests_after: a.requests_per_s,
+        }
+    };
     StepReport {
         at_s: at,
         from: rep.from,
@@ -330,18 +356,13 @@ pub fn step_report(
         latency_s: rep.latency_s,
         release_s: rep.times.release_s,
         downtime_s: metrics.longest_gap_s(Some((start, end))),
+        gap_before_s: metrics.longest_gap_s(Some(((2.0 * start - end).max(0.0), start))),
         peak_bytes: rep.peak_bytes,
         bytes_moved: rep.stats.moved_bytes(),
         moved_requests: rep.moved_requests,
         drained_requests: rep.drained_requests,
-        throughput: Throughput {
-            before: before.tokens_per_s,
-            during: during.tokens_per_s,
-            after: after.tokens_per_s,
-            requests_before: before.requests_per_s,
-            requests_during: during.requests_per_s,
-            requests_after: after.requests_per_s,
-        },
+        throughput: windows(metrics),
+        processed: windows(processed),
     }
 }
 
@@ -409,7 +430,7 @@ pub fn run(s: &Scenario, json: bool, out: &mut dyn Write) -> Result<Report, CliE
     let mut failed_steps = d.refused.clone();
     for r in &d.results {
         match r {
-            Ok((at, rep)) => steps.push(step_report(&d.metrics, *at, rep, w, None)),
+            Ok((at, rep)) => steps.push(step_report(&d.metrics, &d.processed, *at, rep, w, None)),
             Err(e) => failed_steps.push(e.clone()),
         }
     }

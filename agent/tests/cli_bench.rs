@@ -223,3 +223,61 @@ fn bench_ablation_reports_the_cumulative_rows() {
         "without zero-copy, kept weights are copied too"
     );
 }
+
+#[test]
+fn bare_bench_runs_the_papers_experiments_side_by_side() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = agent(
+        &[
+            "bench",
+            "--model",
+            "micro-moe",
+            "--small",
+            "dp2tp2ep4",
+            "--large",
+            "dp3tp2ep6",
+            "--runs",
+            "1",
+            "--traffic",
+            "10",
+            "--duration",
+            "800ms",
+            "--at",
+            "300ms",
+            "--window",
+            "300ms",
+            "--json",
+        ],
+        cache.path(),
+    );
+    let r = json(&out);
+    for part in ["scale_up", "scale_down", "while_serving"] {
+        assert!(
+            r[part]["strategies"]["elastic"]["latency_s"]
+                .as_f64()
+                .is_some(),
+            "{part}"
+        );
+        assert!(
+            r[part]["strategies"]["cold-restart"]["latency_s"]
+                .as_f64()
+                .is_some(),
+            "{part}"
+        );
+    }
+    assert!(
+        r["scale_down"]["skipped"]["horizontal"]
+            .as_str()
+            .unwrap()
+            .contains("scale-down")
+    );
+    assert_eq!(r["ablation"]["rows"].as_array().unwrap().len(), 4);
+    let t = &r["targets"];
+    for f in [
+        "cold_restart_over_elastic_up",
+        "elastic_latency_over_floor",
+        "elastic_downtime_s",
+    ] {
+        assert!(t[f].as_f64().is_some(), "{f}: {t}");
+    }
+}

@@ -72,7 +72,7 @@ struct Row {
 }
 
 #[derive(Debug, Serialize)]
-struct Report {
+pub(super) struct Report {
     from: ParallelConfig,
     to: ParallelConfig,
     runs: u32,
@@ -81,6 +81,20 @@ struct Report {
 }
 
 pub fn run(a: &AblationArgs) -> Result<(), CliError> {
+    let report = report(a)?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).map_err(CliError::failed)?
+        );
+    } else {
+        print(&report);
+    }
+    Ok(())
+}
+
+/// Run the ablation and return its report.
+pub(super) fn report(a: &AblationArgs) -> Result<Report, CliError> {
     let mut o = a.node.options();
     o.devices = Some(
         o.devices
@@ -152,12 +166,12 @@ pub fn run(a: &AblationArgs) -> Result<(), CliError> {
             "-pre-init on this system: the runtime (compute layout) is built at the switchover and the new view's pages fault on the first decode steps; the paper's pre-initialization also saves process start and graph capture, which an in-process engine does not have".into(),
         ],
     };
-    if a.json {
-        println!(
-            "{}",
-            serde_json::to_string(&report).map_err(CliError::failed)?
-        );
-    } else {
+    Ok(report)
+}
+
+/// The rows as a table.
+pub(super) fn print(report: &Report) {
+    {
         println!(
             "ablation {} → {} ({} runs each, while serving)",
             report.from, report.to, report.runs
@@ -193,5 +207,4 @@ pub fn run(a: &AblationArgs) -> Result<(), CliError> {
             println!("note: {n}");
         }
     }
-    Ok(())
 }

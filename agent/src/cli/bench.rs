@@ -31,9 +31,13 @@ use emoe_core::metrics::Metrics;
 use emoe_core::traffic::{RequestSpec, TrafficSpec};
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    /// Without a subcommand: the paper's experiments side by side (the flags below).
     #[command(subcommand)]
-    pub what: BenchCommand,
+    pub what: Option<BenchCommand>,
+    #[command(flatten)]
+    pub paper: super::paper::PaperArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -45,9 +49,12 @@ pub enum BenchCommand {
     /// The cumulative ablation: ElasticMoE, then without zero-copy, without P2P (disk), without
     /// pre-initialization, each while serving.
     Ablation(super::ablation::AblationArgs),
+    /// The paper's experiments in one run: scale-up and scale-down latency per strategy,
+    /// throughput while serving per strategy, the ablation; JSON and tables.
+    Paper(super::paper::PaperArgs),
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ScaleArgs {
     #[command(flatten)]
     pub node: NodeArgs,
@@ -134,10 +141,14 @@ fn parse_strategies(s: &str) -> Result<StrategyList, String> {
 }
 
 pub fn run(a: &BenchArgs) -> Result<(), CliError> {
-    match &a.what {
+    let Some(what) = &a.what else {
+        return super::paper::run(&a.paper);
+    };
+    match what {
         BenchCommand::Scale(s) => scale_bench(s),
         BenchCommand::Plan(p) => plan_bench(p),
         BenchCommand::Ablation(x) => super::ablation::run(x),
+        BenchCommand::Paper(x) => super::paper::run(x),
     }
 }
 
@@ -153,68 +164,68 @@ pub(super) fn median(v: &[f64]) -> f64 {
 
 /// One strategy's results over its runs.
 #[derive(Debug, Serialize)]
-struct StrategyReport {
+pub(super) struct StrategyReport {
     /// Median over runs, seconds from the command to a ready new instance.
-    latency_s: f64,
-    latency_runs_s: Vec<f64>,
+    pub(super) latency_s: f64,
+    pub(super) latency_runs_s: Vec<f64>,
     /// Bytes copied device to device, within devices, or read from disk.
-    bytes_moved: u64,
+    pub(super) bytes_moved: u64,
     /// Highest HMM-measured peak of any device involved.
-    peak_bytes: u64,
+    pub(super) peak_bytes: u64,
     /// Sum of the per-device peaks over the devices involved.
-    peak_total_bytes: u64,
+    pub(super) peak_total_bytes: u64,
     /// Devices holding an instance at some point of the step.
-    devices_involved: usize,
+    pub(super) devices_involved: usize,
     /// Devices of the node the strategy ran on.
-    devices_used: usize,
+    pub(super) devices_used: usize,
     /// Elastic only: bytes that had to move ÷ the memcpy bandwidth measured in this run.
     #[serde(skip_serializing_if = "Option::is_none")]
-    floor_s: Option<f64>,
+    pub(super) floor_s: Option<f64>,
     /// Elastic only: median seconds per phase.
     #[serde(skip_serializing_if = "Option::is_none")]
-    phases: Option<PhaseTimes>,
+    pub(super) phases: Option<PhaseTimes>,
     /// This strategy's median latency ÷ elastic's (when elastic ran).
     #[serde(skip_serializing_if = "Option::is_none")]
-    vs_elastic: Option<f64>,
+    pub(super) vs_elastic: Option<f64>,
     /// With --traffic: generated tokens/s before, during and after the step (medians of runs).
     #[serde(skip_serializing_if = "Option::is_none")]
-    throughput_before: Option<f64>,
+    pub(super) throughput_before: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    throughput_during: Option<f64>,
+    pub(super) throughput_during: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    throughput_after: Option<f64>,
+    pub(super) throughput_after: Option<f64>,
     /// With --traffic: tokens processed per second (prefill and decode) in the same windows.
     #[serde(skip_serializing_if = "Option::is_none")]
-    processed_before: Option<f64>,
+    pub(super) processed_before: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    processed_during: Option<f64>,
+    pub(super) processed_during: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    processed_after: Option<f64>,
+    pub(super) processed_after: Option<f64>,
     /// With --traffic: the longest gap between completed decode steps during the step.
     #[serde(skip_serializing_if = "Option::is_none")]
-    downtime_s: Option<f64>,
+    pub(super) downtime_s: Option<f64>,
     /// With --traffic: requests that moved to the new instance and that drained (last run).
     #[serde(skip_serializing_if = "Option::is_none")]
-    requests_moved: Option<usize>,
+    pub(super) requests_moved: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    requests_drained: Option<usize>,
+    pub(super) requests_drained: Option<usize>,
 }
 
 #[derive(Debug, Serialize)]
-struct ScaleReport {
-    model: String,
-    backend: String,
-    from: ParallelConfig,
-    to: ParallelConfig,
-    runs: u32,
+pub(super) struct ScaleReport {
+    pub(super) model: String,
+    pub(super) backend: String,
+    pub(super) from: ParallelConfig,
+    pub(super) to: ParallelConfig,
+    pub(super) runs: u32,
     /// Host backend: the device-to-device path is a memcpy, measured in this run.
-    memcpy_bytes_per_s: f64,
-    strategies: BTreeMap<String, StrategyReport>,
+    pub(super) memcpy_bytes_per_s: f64,
+    pub(super) strategies: BTreeMap<String, StrategyReport>,
     /// Strategies that could not run, with the reason.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    skipped: BTreeMap<String, String>,
+    pub(super) skipped: BTreeMap<String, String>,
     /// Labels that qualify the numbers (e.g. logical devices carved from one GPU).
-    notes: Vec<String>,
+    pub(super) notes: Vec<String>,
 }
 
 /// One run's measurements.
@@ -274,6 +285,11 @@ fn run_once(
     topology: &Topology,
     pre_init: bool,
 ) -> Result<RunResult, CliError> {
+    if s == Strategy::Horizontal && to.devices() < o.config.devices() {
+        return Err(refused(anyhow::anyhow!(
+            "horizontal scaling adds a whole replica; it has no scale-down step"
+        )));
+    }
     let Node {
         mut hmm,
         deployment: old,
@@ -509,6 +525,20 @@ pub(super) fn run_served(
 }
 
 fn scale_bench(a: &ScaleArgs) -> Result<(), CliError> {
+    let report = scale_report(a)?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).map_err(CliError::failed)?
+        );
+    } else {
+        print_scale_table(&report);
+    }
+    Ok(())
+}
+
+/// Run `bench scale` and return its report.
+pub(super) fn scale_report(a: &ScaleArgs) -> Result<ScaleReport, CliError> {
     let from = a.node.config;
     if from.tp() != a.to.tp() {
         return Err(refused(anyhow::anyhow!(
@@ -680,15 +710,7 @@ fn scale_bench(a: &ScaleArgs) -> Result<(), CliError> {
                 .join("; ")
         )));
     }
-    if a.json {
-        println!(
-            "{}",
-            serde_json::to_string(&report).map_err(CliError::failed)?
-        );
-    } else {
-        print_scale_table(&report);
-    }
-    Ok(())
+    Ok(report)
 }
 
 /// Throughput before/during/after and downtime per strategy, with the during window spanning
@@ -766,7 +788,7 @@ fn add_traffic_figures(
     Ok(())
 }
 
-fn print_scale_table(r: &ScaleReport) {
+pub(super) fn print_scale_table(r: &ScaleReport) {
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
     println!(
         "{} {} → {} on {} ({} runs each; memcpy {:.1} GB/s)",
@@ -789,7 +811,11 @@ fn print_scale_table(r: &ScaleReport) {
             s.vs_elastic.map_or("-".into(), |v| format!("{v:.2}")),
             mib(s.bytes_moved),
             mib(s.peak_bytes),
-            s.devices_involved,
+            if s.devices_involved == 0 {
+                "-".to_string()
+            } else {
+                s.devices_involved.to_string()
+            },
             s.floor_s.map_or("-".into(), |v| format!("{v:.3}")),
         );
     }

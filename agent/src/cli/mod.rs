@@ -4,6 +4,7 @@
 mod ablation;
 mod bench;
 mod inspect;
+mod paper;
 mod plan;
 mod run;
 
@@ -36,8 +37,9 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Plan a scaling step (no side effects): what moves, how many bytes, predicted time and peak.
     Plan(plan::PlanArgs),
-    /// Measure: scaling by each strategy side by side (`bench scale`), the planner (`bench plan`).
-    Bench(bench::BenchArgs),
+    /// Measure: the paper's experiments side by side (bare `bench`), scaling by each strategy
+    /// (`bench scale`), the ablation (`bench ablation`), the planner (`bench plan`).
+    Bench(Box<bench::BenchArgs>),
     /// Run a scenario headless: serve its traffic on an embedded node through timed scaling
     /// steps and report latency, downtime, peak memory, throughput and SLO attainment.
     Run(run::RunArgs),

@@ -129,3 +129,35 @@ fn bad_scenarios_name_the_file_and_the_rule() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/x.toml"));
 }
+
+#[test]
+fn autoscale_scales_up_on_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let body = SMALL
+        .replace("[[scale]]\nat = \"500ms\"\nto = \"dp3tp2ep6\"\n", "")
+        .replace("[[scale]]\nat = \"1s\"\nto = \"dp2tp2ep4\"\n", "")
+        .replace("rate = 20.0", "rate = 80.0")
+        + "\n[autoscale]\nmin_dp = 2\nmax_dp = 3\nup_queue = 1\ndown_queue = 0.5\ninterval = \"100ms\"\ncooldown = \"10s\"\n";
+    let p = scenario(dir.path(), &body);
+    let out = agent(&["run", p.to_str().unwrap(), "--json"], cache.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = String::from_utf8(out.stdout).unwrap();
+    let report: serde_json::Value = serde_json::from_str(last.lines().last().unwrap()).unwrap();
+    let steps = report["steps"].as_array().unwrap();
+    assert!(!steps.is_empty(), "the load triggered a step: {report}");
+    assert_eq!(steps[0]["to"], "dp3tp2ep6");
+    assert_eq!(report["finished"], report["requests"]);
+
+    // Bad policies are refused by name.
+    let bad =
+        SMALL.to_string() + "\n[autoscale]\nmin_dp = 3\nmax_dp = 4\nup_queue = 1\ndown_queue = 0\n";
+    let p = scenario(dir.path(), &bad);
+    let out = agent(&["run", p.to_str().unwrap()], cache.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("min_dp"));
+}

@@ -497,6 +497,7 @@ pub(super) fn run_served(
         vocab,
         &[step],
         None,
+        None,
         topology,
         false,
         &mut |_| Ok(()),

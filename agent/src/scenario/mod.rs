@@ -25,7 +25,7 @@ use emoe_core::plan::Topology;
 use emoe_core::scale::Strategy;
 use emoe_core::traffic::{RequestSpec, prompt_ids};
 
-pub use spec::{Scenario, ScenarioError};
+pub use spec::{Autoscale, Scenario, ScenarioError};
 
 use crate::bandwidth::measure_memcpy;
 use crate::cluster::{ModelSource, Node, NodeOptions};
@@ -149,6 +149,7 @@ pub fn drive(
     seed: u64,
     vocab: u32,
     steps: &[TimedStep],
+    autoscale: Option<&Autoscale>,
     slo: Option<Slo>,
     topology: Topology,
     human: bool,
@@ -157,6 +158,16 @@ pub fn drive(
     // Standby runtimes for every target, pre-initialized before the run (the paper's PreInit).
     for st in steps {
         let _ = server.pre_initialize(st.to);
+    }
+    if let Some(a) = autoscale {
+        let cfg = server.active().config;
+        for dp in a.min_dp..=a.max_dp {
+            if let Ok(c) = ParallelConfig::from_dp_tp(dp, cfg.tp())
+                && c != cfg
+            {
+                let _ = server.pre_initialize(c);
+            }
+        }
     }
     let t0 = server.now();
 
@@ -191,6 +202,7 @@ pub fn drive(
         })
     };
 
+    let auto_topology = topology.clone();
     // Scaling: each step at its time, one after the other.
     let steps_done = Arc::new(AtomicBool::new(false));
     let results: Arc<Mutex<Vec<StepResult>>> = Arc::default();
@@ -216,6 +228,56 @@ pub fn drive(
             done.store(true, Ordering::Release);
         })
     };
+
+    // Autoscaling: one TP group at a time on load, until the run drains.
+    let run_over = Arc::new(AtomicBool::new(false));
+    let autoscaler = autoscale.cloned().map(|a| {
+        let (server, over, results, traffic_done) = (
+            Arc::clone(server),
+            Arc::clone(&run_over),
+            Arc::clone(&results),
+            Arc::clone(&traffic_done),
+        );
+        std::thread::spawn(move || {
+            let mut last_step = f64::NEG_INFINITY;
+            while !over.load(Ordering::Acquire) {
+                std::thread::sleep(a.interval);
+                let now = server.now() - t0;
+                if now - last_step < a.cooldown.as_secs_f64() {
+                    continue;
+                }
+                let cfg = server.active().config;
+                let load = server.pending() as f64 / f64::from(cfg.dp().max(1));
+                let dp = if load > a.up_queue && cfg.dp() < a.max_dp {
+                    cfg.dp() + 1
+                } else if load < a.down_queue
+                    && cfg.dp() > a.min_dp
+                    && !(traffic_done.load(Ordering::Acquire) && server.pending() == 0)
+                {
+                    cfg.dp() - 1
+                } else {
+                    continue;
+                };
+                let Ok(to) = ParallelConfig::from_dp_tp(dp, cfg.tp()) else {
+                    continue;
+                };
+                let r = server
+                    .scale_with(
+                        Strategy::Elastic,
+                        to,
+                        &auto_topology,
+                        &AtomicBool::new(false),
+                    )
+                    .map(|rep| (now, rep))
+                    .map_err(|e| format!("autoscale to {to} at {now:.1}s: {e}"));
+                if matches!(&r, Err(e) if e.contains("already running")) {
+                    continue;
+                }
+                last_step = server.now() - t0;
+                results.lock().unwrap_or_else(|p| p.into_inner()).push(r);
+            }
+        })
+    });
 
     let mut metrics = Metrics::new(slo);
     let mut processed = Metrics::new(None);
@@ -293,10 +355,19 @@ pub fn drive(
             break;
         }
     }
+    run_over.store(true, Ordering::Release);
     let _ = traffic.join();
     let _ = scaler.join();
+    if let Some(a) = autoscaler {
+        let _ = a.join();
+    }
     let duration_s = rel(server.now());
-    let results = std::mem::take(&mut *results.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut results = std::mem::take(&mut *results.lock().unwrap_or_else(|p| p.into_inner()));
+    // Timed and load-driven steps, in the order they started.
+    results.sort_by(|a, b| {
+        let at = |r: &StepResult| r.as_ref().map_or(f64::INFINITY, |x| x.1.started_s);
+        at(a).total_cmp(&at(b))
+    });
     let refused = std::mem::take(&mut *refused.lock().unwrap_or_else(|p| p.into_inner()));
     // Reports carry server times; make them relative like the metrics.
     let results = results
@@ -420,6 +491,7 @@ pub fn run(s: &Scenario, json: bool, out: &mut dyn Write) -> Result<Report, CliE
         s.traffic.seed,
         vocab,
         &steps,
+        s.autoscale.as_ref(),
         slo,
         Topology::uniform(bw, bw),
         !json,

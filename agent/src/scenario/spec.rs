@@ -58,6 +58,9 @@ pub struct Scenario {
     pub slo: Option<SloTable>,
     #[serde(default)]
     pub scale: Vec<ScaleStep>,
+    /// Scale on load instead of (or besides) at fixed times.
+    #[serde(default)]
+    pub autoscale: Option<Autoscale>,
     /// Half-width of the throughput windows around each scaling step (default 5 s, the paper's).
     #[serde(default, with = "humantime_serde_opt")]
     pub window: Option<Duration>,
@@ -133,6 +136,30 @@ pub struct ScaleStep {
     #[serde(with = "humantime_serde")]
     pub at: Duration,
     pub to: ParallelConfig,
+}
+
+/// A load-driven scaling policy: one TP group up when the requests waiting or running per
+/// replica exceed `up_queue`, one down when they fall below `down_queue`, within
+/// `[min_dp, max_dp]`, deciding every `interval` and never within `cooldown` of the last step.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Autoscale {
+    pub min_dp: u32,
+    pub max_dp: u32,
+    pub up_queue: f64,
+    pub down_queue: f64,
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(default = "default_cooldown", with = "humantime_serde")]
+    pub cooldown: Duration,
+}
+
+fn default_interval() -> Duration {
+    Duration::from_millis(500)
+}
+
+fn default_cooldown() -> Duration {
+    Duration::from_secs(3)
 }
 
 /// `humantime` strings for `Duration` fields.
@@ -224,6 +251,35 @@ impl Scenario {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
+        if let Some(a) = &s.autoscale {
+            let dp = s.serve.config.dp();
+            if a.min_dp == 0 || a.min_dp > dp || dp > a.max_dp {
+                return Err(bad(
+                    "autoscale needs 1 ≤ min_dp ≤ the initial DP ≤ max_dp",
+                    format!("min_dp {} initial {dp} max_dp {}", a.min_dp, a.max_dp),
+                ));
+            }
+            if !(a.down_queue >= 0.0 && a.up_queue > a.down_queue && a.up_queue.is_finite()) {
+                return Err(bad(
+                    "autoscale needs 0 ≤ down_queue < up_queue",
+                    format!("down_queue {} up_queue {}", a.down_queue, a.up_queue),
+                ));
+            }
+            if a.interval.is_zero() {
+                return Err(bad("autoscale.interval must be positive", "0s".into()));
+            }
+            if a.max_dp * s.serve.config.tp() > s.cluster.devices {
+                return Err(bad(
+                    "autoscale.max_dp × TP must fit the cluster's devices",
+                    format!(
+                        "{} × {} > {}",
+                        a.max_dp,
+                        s.serve.config.tp(),
+                        s.cluster.devices
+                    ),
+                ));
+            }
+        }
         let mut last = Duration::ZERO;
         for st in &s.scale {
             if st.at < last {

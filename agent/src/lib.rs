@@ -10,12 +10,14 @@
 //!   marked.
 //! - [`scenario`]: scenario files and their headless runs (`emoe-agent run`).
 //! - [`remote`]: an instance in its own process, attached zero-copy to the HMM's memory.
+//! - [`daemon`]: the node daemon behind the gRPC API (`emoe-agent serve`) and its client.
 //! - [`cli`]: the `emoe-agent` command line.
 //! - [`exit`]: exit codes.
 
 pub mod bandwidth;
 pub mod cli;
 pub mod cluster;
+pub mod daemon;
 pub mod exit;
 pub mod plot;
 pub mod remote;

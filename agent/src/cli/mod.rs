@@ -2,6 +2,7 @@
 //! exit codes are in [`crate::exit`].
 
 mod ablation;
+mod agent_cmds;
 mod bench;
 mod inspect;
 mod paper;
@@ -43,6 +44,16 @@ pub enum Command {
     /// Run a scenario headless: serve its traffic on an embedded node through timed scaling
     /// steps and report latency, downtime, peak memory, throughput and SLO attainment.
     Run(run::RunArgs),
+    /// Run the node daemon: serve the model and the gRPC API on a Unix socket.
+    Serve(Box<agent_cmds::ServeArgs>),
+    /// Print a running agent's state (`--json` for the whole snapshot).
+    Status(agent_cmds::StatusArgs),
+    /// Ask a running agent to scale (`--wait` streams progress until it ends).
+    Scale(agent_cmds::ScaleArgs),
+    /// Cancel a running agent's operation before its switchover.
+    Cancel(agent_cmds::CancelArgs),
+    /// Stream a running agent's state: a snapshot, then one JSON line per update.
+    Watch(agent_cmds::WatchArgs),
     /// Internal: run an instance in this process, attached to an owner's memory over SOCKET.
     #[command(hide = true)]
     AttachInstance { socket: PathBuf },
@@ -133,6 +144,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Plan(a) => plan::run(&a),
         Command::Bench(a) => bench::run(&a),
         Command::Run(a) => run::run(&a),
+        Command::Serve(a) => agent_cmds::serve(&a),
+        Command::Status(a) => agent_cmds::status(&a),
+        Command::Scale(a) => agent_cmds::scale(&a),
+        Command::Cancel(a) => agent_cmds::cancel(&a),
+        Command::Watch(a) => agent_cmds::watch(&a),
         Command::AttachInstance { socket } => {
             crate::remote::serve_attached(&socket).map_err(CliError::failed)
         }

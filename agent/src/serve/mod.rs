@@ -46,6 +46,16 @@ pub enum InstanceState {
     Draining,
 }
 
+/// An instance as clients see it.
+#[derive(Clone, Debug, Serialize)]
+pub struct InstanceInfo {
+    /// 0 for a standby runtime (no instance yet).
+    pub id: u64,
+    pub config: ParallelConfig,
+    pub state: InstanceState,
+    pub devices: Vec<DeviceId>,
+}
+
 /// A request as submitted.
 #[derive(Clone, Debug)]
 pub struct Submit {
@@ -375,6 +385,34 @@ impl Server {
         let s = t.elapsed().as_secs_f64();
         self.shared.lock().standby.put(config, engine);
         Ok(s)
+    }
+
+    /// Every instance: id, config, state and devices (standby runtimes hold no devices).
+    pub fn instances(&self) -> Vec<InstanceInfo> {
+        let st = self.shared.lock();
+        let mut v: Vec<InstanceInfo> = st
+            .instances
+            .iter()
+            .map(|(id, i)| InstanceInfo {
+                id: *id,
+                config: i.deployment.config,
+                state: i.state,
+                devices: i.deployment.devices.iter().map(|r| r.device).collect(),
+            })
+            .collect();
+        v.extend(st.standby.configs().into_iter().map(|c| InstanceInfo {
+            id: 0,
+            config: c,
+            state: InstanceState::Standby,
+            devices: Vec::new(),
+        }));
+        v
+    }
+
+    /// Requests queued and running.
+    pub fn queue(&self) -> (usize, usize) {
+        let st = self.shared.lock();
+        (st.queue.len(), st.running.len())
     }
 
     /// Configs with a pre-initialized standby runtime, most recently used first.

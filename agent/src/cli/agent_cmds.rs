@@ -1,0 +1,473 @@
+//! `emoe-agent serve` (the daemon) and its clients: `status`, `scale`, `cancel`, `watch`.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+
+use emoe_core::ParallelConfig;
+use emoe_core::plan::Topology;
+use emoe_core::traffic::{TrafficSpec, prompt_ids};
+
+use super::NodeArgs;
+use crate::bandwidth::measure_memcpy;
+use crate::daemon::client::{AgentAddr, connect, default_socket};
+use crate::daemon::proto::{self, watch_update::Body};
+use crate::daemon::{AgentService, Daemon, NodeFacts, apply_delta};
+use crate::exit::{self, CliError};
+use crate::serve::{ServeOptions, Submit};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// Unix socket to listen on (default: $XDG_RUNTIME_DIR/emoe/agent.sock, else
+    /// $TMPDIR/emoe-$USER/agent.sock); created with permissions 0600.
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Serve light synthetic Poisson traffic at this many requests/s.
+    #[arg(long)]
+    pub traffic: Option<f64>,
+    /// Refuse every mutating call (scale, cancel, rebalance).
+    #[arg(long)]
+    pub readonly: bool,
+    /// Most requests in one decode step of a replica.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_batch: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentFlag {
+    /// The agent: unix:PATH or http://HOST:PORT (default: the default socket).
+    #[arg(long)]
+    pub agent: Option<AgentAddr>,
+}
+
+impl AgentFlag {
+    fn addr(&self) -> AgentAddr {
+        self.agent
+            .clone()
+            .unwrap_or_else(|| AgentAddr::Unix(default_socket()))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub agent: AgentFlag,
+    /// Print the snapshot as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    #[command(flatten)]
+    pub agent: AgentFlag,
+    /// Target parallel config (TP must stay the same).
+    #[arg(long)]
+    pub to: ParallelConfig,
+    /// elastic (default), cold-restart, colocated, extravagant or horizontal.
+    #[arg(long, default_value = "elastic")]
+    pub strategy: String,
+    /// Do not ask for confirmation (required when stdin is not a terminal).
+    #[arg(long)]
+    pub yes: bool,
+    /// Stream progress until the operation ends; exit non-zero if it failed.
+    #[arg(long)]
+    pub wait: bool,
+    /// Machine output (the operation id, then with --wait one JSON line per update).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    #[command(flatten)]
+    pub agent: AgentFlag,
+    /// The operation id `scale` printed.
+    pub operation: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub agent: AgentFlag,
+    /// One JSON object per update (the default output).
+    #[arg(long)]
+    pub ndjson: bool,
+    /// Resume after this sequence number.
+    #[arg(long)]
+    pub resume_from: Option<u64>,
+    /// Stop after this many updates.
+    #[arg(long)]
+    pub count: Option<u64>,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(CliError::failed)
+}
+
+/// A gRPC error as an exit code: the caller's mistake 2, a refusal by rule 3, else 1.
+fn status_error(addr: &AgentAddr, s: tonic::Status) -> CliError {
+    use tonic::Code;
+    let code = match s.code() {
+        Code::InvalidArgument | Code::NotFound => exit::USAGE,
+        Code::FailedPrecondition | Code::PermissionDenied | Code::Unauthenticated => exit::REFUSED,
+        _ => exit::FAILED,
+    };
+    CliError::new(code, anyhow::anyhow!("{addr}: {}", s.message()))
+}
+
+fn connect_error(addr: &AgentAddr, e: anyhow::Error) -> CliError {
+    CliError::failed(anyhow::anyhow!(
+        "cannot reach the agent at {addr}: {e:#} (is `emoe-agent serve` running?)"
+    ))
+}
+
+/// Bind the Unix socket: the parent directory 0700, the socket 0600; a stale socket file is
+/// replaced, a live one is refused.
+fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener, CliError> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            CliError::usage(anyhow::anyhow!("cannot create {}: {e}", dir.display()))
+        })?;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(CliError::new(
+                exit::REFUSED,
+                anyhow::anyhow!("an agent already listens on {}", path.display()),
+            ));
+        }
+        std::fs::remove_file(path).map_err(CliError::failed)?;
+    }
+    let l = std::os::unix::net::UnixListener::bind(path).map_err(|e| {
+        CliError::usage(anyhow::anyhow!("cannot listen on {}: {e}", path.display()))
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(CliError::failed)?;
+    Ok(l)
+}
+
+pub fn serve(a: &ServeArgs) -> Result<(), CliError> {
+    let path = a.socket.clone().unwrap_or_else(default_socket);
+    let listener = bind(&path)?;
+    let o = a.node.options();
+    let opts = ServeOptions {
+        max_batch: a.max_batch as usize,
+        ..ServeOptions::default()
+    };
+    let (server, vocab) = crate::scenario::start_server(&o, opts)?;
+    let bw = measure_memcpy();
+    let facts = NodeFacts {
+        hostname: sysinfo::System::host_name().unwrap_or_else(|| "localhost".into()),
+        node_id: o.node,
+        backend: server.with_hmm(|h| h.backend().kind().to_string()),
+        model: server.active().model.name.clone(),
+    };
+    let daemon = Daemon::new(
+        Arc::clone(&server),
+        facts,
+        Topology::uniform(bw, bw),
+        a.readonly,
+    );
+    let ticker = daemon.spawn_ticker(Duration::from_millis(250));
+    if let Some(rate) = a.traffic {
+        spawn_traffic(&daemon, rate, vocab)?;
+    }
+    eprintln!("emoe-agent: serving on unix:{}", path.display());
+    let rt = runtime()?;
+    let svc = AgentService {
+        daemon: Arc::clone(&daemon),
+    };
+    let r = rt.block_on(async move {
+        listener.set_nonblocking(true)?;
+        let l = tokio::net::UnixListener::from_std(listener)?;
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(l);
+        tonic::transport::Server::builder()
+            .add_service(
+                proto::agent_server::AgentServer::new(svc).max_decoding_message_size(1 << 20),
+            )
+            .serve_with_incoming_shutdown(incoming, shutdown())
+            .await
+            .map_err(anyhow::Error::from)
+    });
+    // Shutdown: an operation before its switchover rolls back; nothing is left mapped.
+    for o in daemon.lock().ops.values() {
+        o.cancel.store(true, std::sync::atomic::Ordering::Release);
+    }
+    daemon
+        .stop
+        .store(true, std::sync::atomic::Ordering::Release);
+    let _ = ticker.join();
+    let _ = std::fs::remove_file(&path);
+    eprintln!("emoe-agent: stopped");
+    r.map_err(CliError::failed)
+}
+
+async fn shutdown() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match term.as_mut() {
+                Some(t) => { t.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+}
+
+/// Background Poisson traffic, in ten-minute chunks of arrivals.
+fn spawn_traffic(daemon: &Arc<Daemon>, rate: f64, vocab: u32) -> Result<(), CliError> {
+    let chunk = 600.0;
+    let spec = move |seed: u64| -> Result<TrafficSpec, CliError> {
+        let text = format!(
+            "profile = \"poisson\"\nrate = {rate}\nprompt = {{ uniform = {{ min = 8, max = 32 }} }}\noutput = {{ uniform = {{ min = 8, max = 24 }} }}\nseed = {seed}\nduration_s = {chunk}\n"
+        );
+        let s: TrafficSpec = toml::from_str(&text)
+            .map_err(|e| CliError::usage(anyhow::anyhow!("--traffic {rate}: {}", e.message())))?;
+        s.validate().map_err(CliError::usage)?;
+        Ok(s)
+    };
+    spec(0)?;
+    let d = Arc::clone(daemon);
+    std::thread::spawn(move || {
+        let mut seed = 0u64;
+        while !d.stop.load(std::sync::atomic::Ordering::Acquire) {
+            let Ok(Ok(reqs)) = spec(seed).map(|s| s.generate()) else {
+                return;
+            };
+            let t0 = d.server.now();
+            for r in reqs {
+                if d.stop.load(std::sync::atomic::Ordering::Acquire) {
+                    return;
+                }
+                let wait = t0 + r.arrival_s - d.server.now();
+                if wait > 0.0 {
+                    std::thread::sleep(Duration::from_secs_f64(wait));
+                }
+                let _ = d.server.submit(Submit {
+                    prompt: prompt_ids(seed, r.id, r.prompt_tokens, vocab),
+                    output_tokens: r.output_tokens,
+                });
+            }
+            seed += 1;
+        }
+    });
+    Ok(())
+}
+
+pub fn status(a: &StatusArgs) -> Result<(), CliError> {
+    let addr = a.agent.addr();
+    let snap = runtime()?.block_on(async {
+        let mut c = connect(&addr).await.map_err(|e| connect_error(&addr, e))?;
+        c.get_snapshot(proto::GetSnapshotRequest {})
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| status_error(&addr, s))
+    })?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string(&snap).map_err(CliError::failed)?
+        );
+        return Ok(());
+    }
+    let node = snap.node.clone().unwrap_or_default();
+    println!(
+        "{} (node {}): {} on {}, {} CPUs at {:.0}%, load {:.2}",
+        node.hostname,
+        node.node_id,
+        node.model,
+        node.backend,
+        node.cpus,
+        node.cpu_percent,
+        node.load_1
+    );
+    for i in &snap.instances {
+        println!(
+            "  instance {} {} {} on {}",
+            i.id,
+            i.config,
+            i.state,
+            i.devices.join(" ")
+        );
+    }
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    for d in &snap.devices {
+        println!(
+            "  {:>5} {:>7.3} / {:.3} GiB used, {} regions",
+            d.id,
+            gib(d.used),
+            gib(d.capacity),
+            d.regions.len()
+        );
+    }
+    if let Some(s) = &snap.serving {
+        println!(
+            "  serving: {} queued, {} running, {} finished, {:.1} tokens/s",
+            s.queued, s.running, s.finished, s.tokens_per_s
+        );
+    }
+    for o in &snap.operations {
+        println!(
+            "  operation {} {} {} → {}: {}",
+            o.id, o.kind, o.from, o.to, o.phase
+        );
+    }
+    Ok(())
+}
+
+pub fn scale(a: &ScaleArgs) -> Result<(), CliError> {
+    let addr = a.agent.addr();
+    if !a.yes {
+        if !std::io::stdin().is_terminal() {
+            return Err(CliError::usage(anyhow::anyhow!(
+                "scale changes the node: pass --yes to confirm when stdin is not a terminal"
+            )));
+        }
+        eprint!(
+            "scale the agent at {addr} to {} with {}? [y/N] ",
+            a.to, a.strategy
+        );
+        let _ = std::io::stderr().flush();
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        if !matches!(line.trim(), "y" | "Y" | "yes") {
+            return Err(CliError::new(
+                exit::REFUSED,
+                anyhow::anyhow!("not confirmed; nothing changed"),
+            ));
+        }
+    }
+    runtime()?.block_on(async {
+        let mut c = connect(&addr).await.map_err(|e| connect_error(&addr, e))?;
+        // Watch from before the request so no phase is missed.
+        let mut stream = if a.wait {
+            Some(
+                c.watch(proto::WatchRequest { resume_from: None })
+                    .await
+                    .map_err(|s| status_error(&addr, s))?
+                    .into_inner(),
+            )
+        } else {
+            None
+        };
+        let op = c
+            .scale(proto::ScaleRequest {
+                to: a.to.to_string(),
+                strategy: a.strategy.clone(),
+            })
+            .await
+            .map_err(|s| status_error(&addr, s))?
+            .into_inner()
+            .operation;
+        if a.json {
+            println!("{}", serde_json::json!({"operation": op}));
+        } else {
+            eprintln!("emoe-agent: operation {op} started");
+        }
+        let Some(stream) = stream.as_mut() else {
+            return Ok(());
+        };
+        let mut seen = String::new();
+        loop {
+            let u = stream
+                .message()
+                .await
+                .map_err(|s| status_error(&addr, s))?
+                .ok_or_else(|| CliError::failed(anyhow::anyhow!("{addr}: the watch ended")))?;
+            let ops = match &u.body {
+                Some(Body::Snapshot(s)) => s.operations.clone(),
+                Some(Body::Delta(d)) => d.operations.clone(),
+                None => Vec::new(),
+            };
+            let Some(o) = ops.into_iter().find(|o| o.id == op) else {
+                continue;
+            };
+            if o.phase != seen {
+                seen = o.phase.clone();
+                if a.json {
+                    println!("{}", serde_json::to_string(&o).map_err(CliError::failed)?);
+                } else {
+                    eprintln!(
+                        "emoe-agent: operation {op}: {} ({} of {} copies, {} of {} bytes)",
+                        o.phase, o.copies_done, o.copies_total, o.bytes_done, o.bytes_total
+                    );
+                }
+            }
+            match o.phase.as_str() {
+                "done" => return Ok(()),
+                "failed" | "cancelled" => {
+                    return Err(CliError::failed(anyhow::anyhow!(
+                        "operation {op} {}: {}",
+                        o.phase,
+                        o.error
+                    )));
+                }
+                _ => {}
+            }
+        }
+    })
+}
+
+pub fn cancel(a: &CancelArgs) -> Result<(), CliError> {
+    let addr = a.agent.addr();
+    let r = runtime()?.block_on(async {
+        let mut c = connect(&addr).await.map_err(|e| connect_error(&addr, e))?;
+        c.cancel(proto::CancelRequest {
+            operation: a.operation,
+        })
+        .await
+        .map_err(|s| status_error(&addr, s))
+    })?;
+    eprintln!(
+        "emoe-agent: cancelling operation {} (was {})",
+        a.operation,
+        r.into_inner().phase
+    );
+    Ok(())
+}
+
+pub fn watch(a: &WatchArgs) -> Result<(), CliError> {
+    let addr = a.agent.addr();
+    runtime()?.block_on(async {
+        let mut c = connect(&addr).await.map_err(|e| connect_error(&addr, e))?;
+        let mut stream = c
+            .watch(proto::WatchRequest {
+                resume_from: a.resume_from,
+            })
+            .await
+            .map_err(|s| status_error(&addr, s))?
+            .into_inner();
+        let mut n = 0u64;
+        let mut state: Option<proto::Snapshot> = None;
+        while let Some(u) = stream.message().await.map_err(|s| status_error(&addr, s))? {
+            match &u.body {
+                Some(Body::Snapshot(s)) => state = Some(s.clone()),
+                Some(Body::Delta(d)) => {
+                    if let Some(s) = state.as_mut() {
+                        apply_delta(s, u.seq, d);
+                    }
+                }
+                None => {}
+            }
+            println!("{}", serde_json::to_string(&u).map_err(CliError::failed)?);
+            n += 1;
+            if a.count.is_some_and(|c| n >= c) {
+                break;
+            }
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,253 @@
+//! The node daemon (`emoe-agent serve`): a serving node behind the gRPC API of
+//! `proto/emoe.proto`.
+//!
+//! A ticker thread turns the server's events into operation progress and an event log, builds
+//! a snapshot of the node a few times a second, and publishes what changed as a numbered update;
+//! `Watch` sends a full snapshot, then those updates (resuming from a sequence number when the
+//! client's is still in the recent ring). Scaling runs on its own thread per operation.
+
+pub mod client;
+mod service;
+mod snapshot;
+
+pub use snapshot::{apply as apply_delta, delta as snapshot_delta};
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use emoe_core::metrics::{Metrics, RequestTiming};
+use emoe_core::plan::Topology;
+
+pub use service::AgentService;
+
+use crate::scale::{Event as ScaleEvent, Phase};
+use crate::serve::{ServeEvent, Server};
+
+/// The generated API types and stubs.
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("emoe.v1");
+}
+
+/// Updates kept for resuming watchers.
+pub const RING: usize = 256;
+/// Events kept in snapshots.
+pub const EVENTS: usize = 200;
+
+/// One scaling operation as clients see it.
+pub(crate) struct Op {
+    pub info: proto::Operation,
+    pub cancel: Arc<AtomicBool>,
+}
+
+/// Node facts that do not change.
+#[derive(Clone, Debug)]
+pub struct NodeFacts {
+    pub hostname: String,
+    pub node_id: u32,
+    pub backend: String,
+    pub model: String,
+}
+
+pub(crate) struct State {
+    pub seq: u64,
+    pub ops: BTreeMap<u64, Op>,
+    pub next_op: u64,
+    pub events: VecDeque<proto::Event>,
+    pub ring: VecDeque<proto::WatchUpdate>,
+    pub last: Option<proto::Snapshot>,
+    pub metrics: Metrics,
+    pub finished: u64,
+}
+
+/// The daemon's shared core: the serving node and what clients see of it.
+pub struct Daemon {
+    pub(crate) server: Arc<Server>,
+    pub(crate) facts: NodeFacts,
+    pub(crate) state: Mutex<State>,
+    pub(crate) updates: tokio::sync::broadcast::Sender<proto::WatchUpdate>,
+    pub(crate) topology: Topology,
+    pub(crate) readonly: bool,
+    pub(crate) sys: Mutex<sysinfo::System>,
+    pub(crate) stop: AtomicBool,
+}
+
+impl Daemon {
+    pub fn new(
+        server: Arc<Server>,
+        facts: NodeFacts,
+        topology: Topology,
+        readonly: bool,
+    ) -> Arc<Self> {
+        let (updates, _) = tokio::sync::broadcast::channel(RING);
+        Arc::new(Self {
+            server,
+            facts,
+            state: Mutex::new(State {
+                seq: 0,
+                ops: BTreeMap::new(),
+                next_op: 1,
+                events: VecDeque::new(),
+                ring: VecDeque::new(),
+                last: None,
+                metrics: Metrics::new(None),
+                finished: 0,
+            }),
+            updates,
+            topology,
+            readonly,
+            sys: Mutex::new(sysinfo::System::new()),
+            stop: AtomicBool::new(false),
+        })
+    }
+
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Append to the event log.
+    pub(crate) fn log(&self, st: &mut State, ts: f64, kind: &str, message: String) {
+        st.events.push_back(proto::Event {
+            ts,
+            kind: kind.into(),
+            message,
+        });
+        while st.events.len() > EVENTS {
+            st.events.pop_front();
+        }
+    }
+
+    /// The operation running now, if any.
+    pub(crate) fn running_op(st: &State) -> Option<u64> {
+        st.ops
+            .values()
+            .find(|o| !matches!(o.info.phase.as_str(), "done" | "failed" | "cancelled"))
+            .map(|o| o.info.id)
+    }
+
+    /// Fold the server's events and finished requests in, then publish a numbered update when
+    /// anything a client sees changed.
+    pub fn tick(&self) {
+        let events = self.server.take_events();
+        let finished = self.server.take_finished();
+        {
+            let mut st = self.lock();
+            let op = Self::running_op(&st);
+            for e in events {
+                match e {
+                    ServeEvent::Step { ts, tokens, .. } => {
+                        let _ = st.metrics.record_step(ts);
+                        if tokens > 0 {
+                            let _ = st.metrics.record_tokens(ts, tokens as u64);
+                        }
+                    }
+                    ServeEvent::Scale { ts, event } => {
+                        let Some(id) = op else { continue };
+                        let Some(o) = st.ops.get_mut(&id) else {
+                            continue;
+                        };
+                        match event {
+                            ScaleEvent::Phase { phase, .. } => {
+                                o.info.phase = phase_name(phase).into();
+                                let msg = format!("operation {id}: {}", o.info.phase);
+                                self.log(&mut st, ts, "operation", msg);
+                            }
+                            ScaleEvent::CopyDone {
+                                jobs_done,
+                                jobs,
+                                bytes_done,
+                                bytes,
+                                ..
+                            } => {
+                                o.info.copies_done = jobs_done as u32;
+                                o.info.copies_total = jobs as u32;
+                                o.info.bytes_done = bytes_done;
+                                o.info.bytes_total = bytes;
+                                let dt = (ts - o.info.started).max(1e-6);
+                                o.info.rate_bytes_per_s = bytes_done as f64 / dt;
+                            }
+                            ScaleEvent::CopyStarted { .. } => {}
+                            ScaleEvent::Error { message, .. } => {
+                                o.info.error = message.clone();
+                                self.log(&mut st, ts, "error", message);
+                            }
+                        }
+                    }
+                    ServeEvent::Instance {
+                        ts,
+                        instance,
+                        config,
+                        state,
+                    } => {
+                        let msg = format!("instance {instance} {config}: {state:?}");
+                        self.log(&mut st, ts, "instance", msg);
+                    }
+                    ServeEvent::Error { ts, message } => self.log(&mut st, ts, "error", message),
+                }
+            }
+            for f in finished {
+                st.finished += 1;
+                let _ = st.metrics.record_request(&RequestTiming {
+                    id: f.id,
+                    arrival_s: f.arrival_s,
+                    first_token_s: f.first_token_s,
+                    finish_s: f.finish_s,
+                    output_tokens: f.output.len() as u32,
+                });
+            }
+        }
+        let snap = self.snapshot();
+        let mut st = self.lock();
+        let update = match &st.last {
+            None => None,
+            Some(prev) => snapshot::delta(prev, &snap),
+        };
+        let first = st.last.is_none();
+        st.last = Some(snap);
+        if first {
+            return;
+        }
+        if let Some(delta) = update {
+            st.seq += 1;
+            let u = proto::WatchUpdate {
+                seq: st.seq,
+                body: Some(proto::watch_update::Body::Delta(delta)),
+            };
+            let seq = st.seq;
+            if let Some(last) = st.last.as_mut() {
+                last.seq = seq;
+            }
+            st.ring.push_back(u.clone());
+            while st.ring.len() > RING {
+                st.ring.pop_front();
+            }
+            drop(st);
+            let _ = self.updates.send(u);
+        }
+    }
+
+    /// Tick every `period` on a thread of its own until `stop` is set.
+    pub fn spawn_ticker(self: &Arc<Self>, period: Duration) -> std::thread::JoinHandle<()> {
+        let d = Arc::clone(self);
+        std::thread::spawn(move || {
+            while !d.stop.load(std::sync::atomic::Ordering::Acquire) {
+                d.tick();
+                std::thread::sleep(period);
+            }
+        })
+    }
+}
+
+pub(crate) fn phase_name(p: Phase) -> &'static str {
+    match p {
+        Phase::Planned => "planned",
+        Phase::Preparing => "preparing",
+        Phase::Switching => "switching",
+        Phase::Releasing => "releasing",
+        Phase::Done => "done",
+        Phase::Failed => "failed",
+        Phase::Cancelled => "cancelled",
+    }
+}

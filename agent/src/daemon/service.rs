@@ -1,0 +1,316 @@
+//! The gRPC service over a [`Daemon`]. Errors use gRPC codes: `InvalidArgument` naming the rule
+//! and the value, `FailedPrecondition` while an operation runs, `NotFound`, `PermissionDenied`
+//! for mutating calls on a read-only agent.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use emoe_core::ParallelConfig;
+use emoe_core::plan::Policy;
+use emoe_core::scale::Strategy;
+
+use super::proto::agent_server::Agent;
+use super::proto::{self, watch_update::Body};
+use super::{Daemon, Op, RING};
+
+/// The service clients talk to.
+#[derive(Clone)]
+pub struct AgentService {
+    pub daemon: Arc<Daemon>,
+}
+
+fn bad_config(field: &str, s: &str) -> Result<ParallelConfig, Status> {
+    s.parse::<ParallelConfig>()
+        .map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
+}
+
+impl AgentService {
+    fn writable(&self) -> Result<(), Status> {
+        if self.daemon.readonly {
+            return Err(Status::permission_denied(
+                "the agent is read-only (--readonly): mutating calls are refused",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Start operation `kind` on its own thread; returns its id.
+    fn start(
+        &self,
+        kind: &str,
+        to: ParallelConfig,
+        strategy: Strategy,
+        run: impl FnOnce(&Daemon, &AtomicBool) -> Result<crate::serve::ScaleReport, String>
+        + Send
+        + 'static,
+    ) -> Result<u64, Status> {
+        let d = &self.daemon;
+        let from = d.server.active().config;
+        let mut st = d.lock();
+        if let Some(id) = Daemon::running_op(&st) {
+            return Err(Status::failed_precondition(format!(
+                "operation {id} is already running: one scaling operation at a time"
+            )));
+        }
+        let id = st.next_op;
+        st.next_op += 1;
+        let cancel = Arc::new(AtomicBool::new(false));
+        let ts = d.server.now();
+        st.ops.insert(
+            id,
+            Op {
+                info: proto::Operation {
+                    id,
+                    kind: kind.into(),
+                    from: from.to_string(),
+                    to: to.to_string(),
+                    strategy: strategy.to_string(),
+                    phase: "planned".into(),
+                    started: ts,
+                    ..Default::default()
+                },
+                cancel: Arc::clone(&cancel),
+            },
+        );
+        let msg = format!("operation {id}: {kind} {from} → {to} ({strategy})");
+        d.log(&mut st, ts, "operation", msg);
+        drop(st);
+        let daemon = Arc::clone(d);
+        std::thread::spawn(move || {
+            let r = run(&daemon, &cancel);
+            daemon.tick();
+            let mut st = daemon.lock();
+            let ts = daemon.server.now();
+            let msg = match &r {
+                Ok(rep) => format!("operation {id}: done in {:.3} s", rep.latency_s),
+                Err(e) => format!("operation {id}: {e}"),
+            };
+            if let Some(o) = st.ops.get_mut(&id) {
+                match &r {
+                    Ok(rep) => {
+                        o.info.phase = "done".into();
+                        o.info.latency_s = rep.latency_s;
+                    }
+                    Err(e) => {
+                        let cancelled = e.contains("cancelled");
+                        o.info.phase = if cancelled { "cancelled" } else { "failed" }.into();
+                        o.info.error = e.clone();
+                    }
+                }
+            }
+            daemon.log(&mut st, ts, "operation", msg);
+        });
+        Ok(id)
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::WatchUpdate, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Agent for AgentService {
+    async fn get_snapshot(
+        &self,
+        _: Request<proto::GetSnapshotRequest>,
+    ) -> Result<Response<proto::Snapshot>, Status> {
+        let d = Arc::clone(&self.daemon);
+        let snap = tokio::task::spawn_blocking(move || {
+            let mut s = d.snapshot();
+            s.seq = d.lock().seq;
+            s
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(snap))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        req: Request<proto::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let resume = req.into_inner().resume_from;
+        let d = Arc::clone(&self.daemon);
+        // Subscribe first so nothing published meanwhile is missed.
+        let mut rx = d.updates.subscribe();
+        let first: Vec<proto::WatchUpdate> = {
+            let st = d.lock();
+            let from_ring = resume.and_then(|r| {
+                let oldest = st.ring.front().map(|u| u.seq)?;
+                (r + 1 >= oldest && r <= st.seq)
+                    .then(|| st.ring.iter().filter(|u| u.seq > r).cloned().collect())
+            });
+            match from_ring {
+                Some(v) => v,
+                None => {
+                    let mut snap = st.last.clone().unwrap_or_default();
+                    snap.seq = st.seq;
+                    snap.events = st.events.iter().cloned().collect();
+                    snap.operations = st.ops.values().map(|o| o.info.clone()).collect();
+                    vec![proto::WatchUpdate {
+                        seq: st.seq,
+                        body: Some(Body::Snapshot(snap)),
+                    }]
+                }
+            }
+        };
+        let mut last = first.last().map_or(resume.unwrap_or(0), |u| u.seq);
+        let (tx, out) = tokio::sync::mpsc::channel(RING);
+        tokio::spawn(async move {
+            for u in first {
+                if tx.send(Ok(u)).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                match rx.recv().await {
+                    Ok(u) if u.seq <= last => continue,
+                    Ok(u) => {
+                        last = u.seq;
+                        if tx.send(Ok(u)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        // Too far behind: a fresh snapshot, then on from there.
+                        let snap = {
+                            let st = d.lock();
+                            let mut s = st.last.clone().unwrap_or_default();
+                            s.seq = st.seq;
+                            s
+                        };
+                        last = snap.seq;
+                        let u = proto::WatchUpdate {
+                            seq: snap.seq,
+                            body: Some(Body::Snapshot(snap)),
+                        };
+                        if tx.send(Ok(u)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(out),
+        )))
+    }
+
+    async fn plan(
+        &self,
+        req: Request<proto::PlanRequest>,
+    ) -> Result<Response<proto::PlanReply>, Status> {
+        let to = bad_config("to", &req.into_inner().to)?;
+        let d = Arc::clone(&self.daemon);
+        let p =
+            tokio::task::spawn_blocking(move || d.server.plan(to, Policy::Balanced, &d.topology))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Response::new(proto::PlanReply {
+            from: p.from.to_string(),
+            to: p.to.to_string(),
+            devices_added: p.devices_added.iter().map(ToString::to_string).collect(),
+            devices_removed: p.devices_removed.iter().map(ToString::to_string).collect(),
+            zero_copy_bytes: p.zero_copy_bytes,
+            p2p_bytes: p.p2p_bytes,
+            experts_moved: p.experts_moved,
+            predicted_seconds: p.predicted_seconds,
+            predicted_peak_bytes: p
+                .predicted_peak_bytes
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+            steps: p.steps.len() as u32,
+        }))
+    }
+
+    async fn scale(
+        &self,
+        req: Request<proto::ScaleRequest>,
+    ) -> Result<Response<proto::ScaleReply>, Status> {
+        self.writable()?;
+        let r = req.into_inner();
+        let to = bad_config("to", &r.to)?;
+        let strategy = if r.strategy.is_empty() {
+            Strategy::Elastic
+        } else {
+            r.strategy
+                .parse::<Strategy>()
+                .map_err(|e| Status::invalid_argument(format!("strategy: {e}")))?
+        };
+        // Refuse an impossible target now, with its rule, rather than as a failed operation.
+        let from = self.daemon.server.active().config;
+        if from.tp() != to.tp() {
+            return Err(Status::invalid_argument(format!(
+                "TP is fixed: target {to} has TP {}, the instance runs TP {}",
+                to.tp(),
+                from.tp()
+            )));
+        }
+        let id = self.start("scale", to, strategy, move |d, cancel| {
+            d.server
+                .scale_with(strategy, to, &d.topology, cancel)
+                .map_err(|e| e.to_string())
+        })?;
+        Ok(Response::new(proto::ScaleReply { operation: id }))
+    }
+
+    async fn cancel(
+        &self,
+        req: Request<proto::CancelRequest>,
+    ) -> Result<Response<proto::CancelReply>, Status> {
+        self.writable()?;
+        let id = req.into_inner().operation;
+        let st = self.daemon.lock();
+        let op = st
+            .ops
+            .get(&id)
+            .ok_or_else(|| Status::not_found(format!("no operation {id}")))?;
+        match op.info.phase.as_str() {
+            "planned" | "preparing" => {
+                op.cancel.store(true, Ordering::Release);
+                Ok(Response::new(proto::CancelReply {
+                    phase: op.info.phase.clone(),
+                }))
+            }
+            p => Err(Status::failed_precondition(format!(
+                "operation {id} is {p}: only an operation before its switchover can be cancelled"
+            ))),
+        }
+    }
+
+    async fn rebalance(
+        &self,
+        req: Request<proto::RebalanceRequest>,
+    ) -> Result<Response<proto::ScaleReply>, Status> {
+        self.writable()?;
+        let replicas = req.into_inner().replicas;
+        if replicas > 64 {
+            return Err(Status::invalid_argument(format!(
+                "replicas: at most 64 redundant experts per layer, got {replicas}"
+            )));
+        }
+        let to = self.daemon.server.active().config;
+        let id = self.start("rebalance", to, Strategy::Elastic, move |d, cancel| {
+            let load = d
+                .server
+                .expert_load()
+                .into_iter()
+                .map(|(l, v)| (l, v.into_iter().map(|x| x as f64).collect()))
+                .collect();
+            let policy = Policy::LoadAware { load, replicas };
+            let p = d
+                .server
+                .plan(to, policy, &d.topology)
+                .map_err(|e| e.to_string())?;
+            d.server.scale(&p, cancel).map_err(|e| e.to_string())
+        })?;
+        Ok(Response::new(proto::ScaleReply { operation: id }))
+    }
+}

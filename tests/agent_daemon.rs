@@ -1,0 +1,234 @@
+//! A real `emoe-agent serve` on a temporary socket, driven by the CLI clients: state, plans,
+//! a scale that streams every phase, refusals with the right exit codes, read-only mode,
+//! and a clean shutdown on SIGTERM.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+struct Agent {
+    child: Child,
+    sock: PathBuf,
+    cache: PathBuf,
+}
+
+impl Agent {
+    fn start(dir: &Path, extra: &[&str]) -> Self {
+        let sock = dir.join("agent.sock");
+        let cache = dir.join("cache");
+        let mut args = vec![
+            "serve",
+            "--socket",
+            sock.to_str().unwrap(),
+            "--model",
+            "micro-moe",
+            "--hbm",
+            "256MiB",
+            "--config",
+            "dp2tp2ep4",
+        ];
+        args.extend_from_slice(extra);
+        let child = Command::new(common::bin("emoe-agent"))
+            .args(&args)
+            .env("EMOE_CACHE_DIR", &cache)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let a = Self { child, sock, cache };
+        let end = Instant::now() + Duration::from_secs(120);
+        while !a.sock.exists() {
+            assert!(Instant::now() < end, "the agent did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        a
+    }
+
+    fn addr(&self) -> String {
+        format!("unix:{}", self.sock.display())
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        let addr = self.addr();
+        let mut v: Vec<&str> = args.to_vec();
+        v.extend(["--agent", &addr]);
+        Command::new(common::bin("emoe-agent"))
+            .args(&v)
+            .env("EMOE_CACHE_DIR", &self.cache)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn stop(mut self) -> String {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let out = self.child.wait_with_output_timeout();
+        assert!(!self.sock.exists(), "the socket is removed on shutdown");
+        out
+    }
+}
+
+trait WaitTimeout {
+    fn wait_with_output_timeout(&mut self) -> String;
+}
+
+impl WaitTimeout for Child {
+    fn wait_with_output_timeout(&mut self) -> String {
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(st) = self.try_wait().unwrap() {
+                let mut err = String::new();
+                if let Some(mut e) = self.stderr.take() {
+                    use std::io::Read;
+                    let _ = e.read_to_string(&mut err);
+                }
+                assert!(st.success(), "the agent exited with {st}: {err}");
+                return err;
+            }
+            assert!(Instant::now() < end, "the agent did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn an_agent_serves_its_state_plans_scales_and_refuses_by_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Agent::start(dir.path(), &["--traffic", "5"]);
+    let mode = std::fs::metadata(&a.sock).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        mode.permissions().mode() & 0o777,
+        0o600,
+        "the socket is private"
+    );
+
+    let s = json(&a.cli(&["status", "--json"]));
+    assert_eq!(s["node"]["model"], "micro-moe");
+    assert_eq!(s["devices"].as_array().unwrap().len(), 8);
+    assert_eq!(s["instances"][0]["config"], "dp2tp2ep4");
+    assert_eq!(s["instances"][0]["state"], "active");
+    assert!(!s["placement"].as_array().unwrap().is_empty());
+    let regions = s["devices"][0]["regions"].as_array().unwrap();
+    assert!(regions.iter().any(|r| r["kind"] == "expert"));
+
+    // A scale that streams its phases to the end.
+    let out = a.cli(&["scale", "--to", "dp3tp2ep6", "--yes", "--wait", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let phases: Vec<&str> = lines.iter().filter_map(|l| l["phase"].as_str()).collect();
+    assert_eq!(phases.last(), Some(&"done"), "{lines:?}");
+    let s = json(&a.cli(&["status", "--json"]));
+    let active: Vec<_> = s["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["state"] == "active")
+        .collect();
+    assert_eq!(active.len(), 1);
+    assert_eq!(active[0]["config"], "dp3tp2ep6");
+
+    // Refusals: exit codes and the rule, nothing changed.
+    let out = a.cli(&["scale", "--to", "dp3tp4ep12", "--yes"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = a.cli(&["scale", "--to", "dp2tp4ep8", "--yes"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("TP is fixed"), "{}", stderr(&out));
+    let out = a.cli(&["scale", "--to", "dp4tp2ep8"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "--yes is needed without a terminal"
+    );
+    let out = a.cli(&["cancel", "99"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("no operation 99"));
+    // A second operation while one runs.
+    let first = a.cli(&[
+        "scale",
+        "--to",
+        "dp2tp2ep4",
+        "--strategy",
+        "cold-restart",
+        "--yes",
+    ]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let second = a.cli(&["scale", "--to", "dp4tp2ep8", "--yes"]);
+    if second.status.code() == Some(3) {
+        assert!(
+            stderr(&second).contains("already running"),
+            "{}",
+            stderr(&second)
+        );
+    }
+
+    // Watch: a snapshot first, then numbered updates.
+    let out = a.cli(&["watch", "--count", "2"]);
+    let ups: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(ups.len(), 2);
+    assert!(ups[0]["body"]["Snapshot"].is_object());
+    assert!(ups[1]["seq"].as_u64().unwrap() > ups[0]["seq"].as_u64().unwrap());
+    let log = a.stop();
+    assert!(log.contains("stopped"), "{log}");
+}
+
+#[test]
+fn a_readonly_agent_refuses_mutations_and_a_second_agent_cannot_take_the_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Agent::start(dir.path(), &["--readonly"]);
+    let out = a.cli(&["scale", "--to", "dp3tp2ep6", "--yes"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("read-only"));
+    assert!(json(&a.cli(&["status", "--json"]))["instances"].is_array());
+    let second = Command::new(common::bin("emoe-agent"))
+        .args([
+            "serve",
+            "--socket",
+            a.sock.to_str().unwrap(),
+            "--model",
+            "micro-moe",
+        ])
+        .env("EMOE_CACHE_DIR", &a.cache)
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&second.stderr).contains("already listens"));
+    a.stop();
+    // No agent: a clear error naming the address.
+    let out = Command::new(common::bin("emoe-agent"))
+        .args([
+            "status",
+            "--agent",
+            &format!("unix:{}", dir.path().join("none.sock").display()),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("none.sock"));
+}

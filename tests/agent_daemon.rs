@@ -130,6 +130,12 @@ fn an_agent_serves_its_state_plans_scales_and_refuses_by_rule() {
     let regions = s["devices"][0]["regions"].as_array().unwrap();
     assert!(regions.iter().any(|r| r["kind"] == "expert"));
 
+    // The plan, from the agent.
+    let p = json(&a.cli(&["plan", "--to", "dp3tp2ep6", "--json"]));
+    assert_eq!(p["from"], "dp2tp2ep4");
+    assert_eq!(p["devices_added"].as_array().unwrap().len(), 2);
+    assert!(p["experts_moved"].as_u64().unwrap() > 0);
+
     // A scale that streams its phases to the end.
     let out = a.cli(&["scale", "--to", "dp3tp2ep6", "--yes", "--wait", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));

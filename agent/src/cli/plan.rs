@@ -15,9 +15,12 @@ use crate::exit::{self, CliError};
 #[derive(Debug, Args)]
 pub struct PlanArgs {
     /// Plan against an embedded node built from the flags below (the current config is
-    /// `--from`). Connecting to a running agent comes with the agent daemon.
-    #[arg(long)]
+    /// `--from`).
+    #[arg(long, conflicts_with = "agent")]
     pub embedded: bool,
+    /// Plan against a running agent (unix:PATH or http://HOST:PORT).
+    #[arg(long)]
+    pub agent: Option<crate::daemon::client::AgentAddr>,
     #[command(flatten)]
     pub node: NodeArgs,
     /// Target parallel config (TP must stay the same).
@@ -45,9 +48,12 @@ struct PlanReport<'a> {
 }
 
 pub fn run(a: &PlanArgs) -> Result<(), CliError> {
+    if let Some(addr) = &a.agent {
+        return remote(addr, a);
+    }
     if !a.embedded {
         return Err(CliError::usage(anyhow::anyhow!(
-            "plan needs --embedded: connecting to a running agent (--agent) is not available yet"
+            "plan needs --embedded (a node built from the flags) or --agent ADDR (a running agent)"
         )));
     }
     let node = Node::start(&a.node.options())?;
@@ -110,6 +116,49 @@ pub fn run(a: &PlanArgs) -> Result<(), CliError> {
         for (dev, peak) in &p.predicted_peak_bytes {
             println!("  {dev}: predicted peak {:.2} GiB", gib(*peak));
         }
+    }
+    Ok(())
+}
+
+/// The plan from a running agent.
+fn remote(addr: &crate::daemon::client::AgentAddr, a: &PlanArgs) -> Result<(), CliError> {
+    use crate::daemon::proto;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::failed)?;
+    let p = rt.block_on(async {
+        let mut c = crate::daemon::client::connect(addr).await.map_err(|e| {
+            CliError::failed(anyhow::anyhow!("cannot reach the agent at {addr}: {e:#}"))
+        })?;
+        c.plan(proto::PlanRequest {
+            to: a.to.to_string(),
+        })
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|s| {
+            let code = match s.code() {
+                tonic::Code::InvalidArgument => exit::REFUSED,
+                _ => exit::FAILED,
+            };
+            CliError::new(code, anyhow::anyhow!("{addr}: {}", s.message()))
+        })
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string(&p).map_err(CliError::failed)?);
+    } else {
+        println!(
+            "{} → {}: added {:?}, removed {:?}, zero-copy {} B, P2P {} B, {} experts moved, {} steps, predicted {:.3} s",
+            p.from,
+            p.to,
+            p.devices_added,
+            p.devices_removed,
+            p.zero_copy_bytes,
+            p.p2p_bytes,
+            p.experts_moved,
+            p.steps,
+            p.predicted_seconds
+        );
     }
     Ok(())
 }

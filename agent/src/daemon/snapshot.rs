@@ -167,9 +167,7 @@ pub fn delta(a: &proto::Snapshot, b: &proto::Snapshot) -> Option<proto::Delta> {
         .filter(|o| !a.operations.contains(o))
         .cloned()
         .collect();
-    let serving = (a.serving != b.serving)
-        .then_some(b.serving)
-        .flatten();
+    let serving = (a.serving != b.serving).then_some(b.serving).flatten();
     let last_ts = a.events.last().map_or(f64::NEG_INFINITY, |e| e.ts);
     let n_old = a.events.iter().filter(|e| e.ts == last_ts).count();
     let events: Vec<proto::Event> = b
@@ -289,6 +287,9 @@ mod tests {
         assert_eq!(c.operations, b.operations);
         assert_eq!(c.events, b.events);
         assert_eq!(c.seq, 9);
-        assert!(delta(&b, &b.clone()).is_none(), "nothing changed, no update");
+        assert!(
+            delta(&b, &b.clone()).is_none(),
+            "nothing changed, no update"
+        );
     }
 }

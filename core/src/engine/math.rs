@@ -23,69 +23,64 @@ pub fn narrow(values: &[f32], out: &mut Vec<u8>) {
     }
 }
 
-/// `out[m×n] = x[m×k] · wᵀ` where `w` is `n×k` row-major (a weight stored `[out, in]`).
-pub fn matmul_t(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
-    assert!(x.len() >= m * k && w.len() >= n * k && out.len() >= m * n);
-    if m == 0 || n == 0 {
+/// `c[rows×cols] = a · b` for strided operands (element `(i, j)` of a matrix at
+/// `ptr + i·rs + j·cs`), after checking every touched element lies inside its slice.
+fn gemm(
+    (rows, inner, cols): (usize, usize, usize),
+    a: &[f32],
+    (rsa, csa): (usize, usize),
+    b: &[f32],
+    (rsb, csb): (usize, usize),
+    c: &mut [f32],
+    (rsc, csc): (usize, usize),
+) {
+    let last = |r: usize, cl: usize, rs: usize, cs: usize| (r - 1) * rs + (cl - 1) * cs;
+    if rows == 0 || cols == 0 {
         return;
     }
-    if k == 0 {
-        out[..m * n].fill(0.0);
+    if inner == 0 {
+        for i in 0..rows {
+            for j in 0..cols {
+                c[i * rsc + j * csc] = 0.0;
+            }
+        }
         return;
     }
-    // Computed as outᵀ = w · xᵀ: the weight is the left operand, read row by row as stored, and
-    // the result is written transposed straight into `out`.
-    // SAFETY: the asserts above keep every strided access inside the slices; `out` does not
-    // alias `x` or `w` (distinct borrows).
+    assert!(last(rows, inner, rsa, csa) < a.len());
+    assert!(last(inner, cols, rsb, csb) < b.len());
+    assert!(last(rows, cols, rsc, csc) < c.len());
+    // SAFETY: the asserts keep every strided access inside its slice; `c` does not alias `a` or
+    // `b` (distinct borrows), and its strides give distinct elements.
     unsafe {
         matrixmultiply::sgemm(
-            n,
-            k,
-            m,
+            rows,
+            inner,
+            cols,
             1.0,
-            w.as_ptr(),
-            k as isize,
-            1,
-            x.as_ptr(),
-            1,
-            k as isize,
+            a.as_ptr(),
+            rsa as isize,
+            csa as isize,
+            b.as_ptr(),
+            rsb as isize,
+            csb as isize,
             0.0,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
+            c.as_mut_ptr(),
+            rsc as isize,
+            csc as isize,
         );
     }
 }
 
+/// `out[m×n] = x[m×k] · wᵀ` where `w` is `n×k` row-major (a weight stored `[out, in]`).
+/// Computed as `outᵀ = w · xᵀ`: the weight is the left operand, read row by row as stored, and
+/// the result is written transposed straight into `out`.
+pub fn matmul_t(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
+    gemm((n, k, m), w, (k, 1), x, (1, k), out, (1, n));
+}
+
 /// `out[m×n] = x[m×k] · w[k×n]` (both row-major).
 pub fn matmul(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
-    assert!(x.len() >= m * k && w.len() >= k * n && out.len() >= m * n);
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        out[..m * n].fill(0.0);
-        return;
-    }
-    // SAFETY: as in `matmul_t`.
-    unsafe {
-        matrixmultiply::sgemm(
-            m,
-            k,
-            n,
-            1.0,
-            x.as_ptr(),
-            k as isize,
-            1,
-            w.as_ptr(),
-            n as isize,
-            1,
-            0.0,
-            out.as_mut_ptr(),
-            n as isize,
-            1,
-        );
-    }
+    gemm((m, k, n), x, (k, 1), w, (n, 1), out, (n, 1));
 }
 
 /// RMSNorm of each row of `x` (rows of `w.len()`), into `out`.

@@ -238,3 +238,122 @@ fn a_readonly_agent_refuses_mutations_and_a_second_agent_cannot_take_the_socket(
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("none.sock"));
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn tokens_metrics_resume_and_remote_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "guess\n").unwrap();
+    let port = free_port();
+    let metrics = format!("127.0.0.1:{port}");
+    let a = Agent::start(
+        dir.path(),
+        &[
+            "--token-file",
+            token.to_str().unwrap(),
+            "--metrics",
+            &metrics,
+            "--traffic",
+            "5",
+        ],
+    );
+    // Mutations need the token; reads do not.
+    let out = a.cli(&["scale", "--to", "dp3tp2ep6", "--yes"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("needs a token"), "{}", stderr(&out));
+    let out = a.cli(&[
+        "scale",
+        "--to",
+        "dp3tp2ep6",
+        "--yes",
+        "--token-file",
+        wrong.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stderr(&out).contains("does not match"));
+    let out = a.cli(&[
+        "scale",
+        "--to",
+        "dp3tp2ep6",
+        "--yes",
+        "--wait",
+        "--token-file",
+        token.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(json(&a.cli(&["status", "--json"]))["devices"].is_array());
+
+    // Prometheus text.
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(&metrics).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(
+        body.contains("emoe_device_memory_used_bytes{device=\"0/0\"}"),
+        "{body}"
+    );
+    assert!(
+        body.contains("emoe_operations{kind=\"scale\",phase=\"done\"} 1"),
+        "{body}"
+    );
+    assert!(body.contains("emoe_throughput_tokens_per_second"));
+
+    // Resume after a sequence number: the next updates, not a new snapshot.
+    let out = a.cli(&["watch", "--count", "3"]);
+    let ups: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let seq = ups[1]["seq"].as_u64().unwrap();
+    let out = a.cli(&["watch", "--resume-from", &seq.to_string(), "--count", "1"]);
+    let next: serde_json::Value = serde_json::from_str(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(next["seq"].as_u64().unwrap(), seq + 1, "{next}");
+    assert!(next["body"]["Delta"].is_object(), "{next}");
+    // Too far behind (a sequence never published): a fresh snapshot.
+    let out = a.cli(&["watch", "--resume-from", "999999999", "--count", "1"]);
+    let fresh: serde_json::Value = serde_json::from_str(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(fresh["body"]["Snapshot"].is_object());
+    a.stop();
+
+    // A non-loopback TCP address without --allow-remote and a token is refused by rule.
+    let out = Command::new(common::bin("emoe-agent"))
+        .args([
+            "serve",
+            "--listen",
+            "tcp://0.0.0.0:1",
+            "--model",
+            "micro-moe",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-remote"));
+}

@@ -33,6 +33,19 @@ pub struct ServeArgs {
     /// Refuse every mutating call (scale, cancel, rebalance).
     #[arg(long)]
     pub readonly: bool,
+    /// Listen on TCP instead of the Unix socket: tcp://HOST:PORT. A non-loopback address is
+    /// refused unless --allow-remote and --token-file are both given.
+    #[arg(long, value_name = "tcp://HOST:PORT")]
+    pub listen: Option<String>,
+    /// Allow a non-loopback --listen address (needs --token-file too).
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// Mutating calls need this bearer token (the file's first line).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
     /// Most requests in one decode step of a replica.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub max_batch: u32,
@@ -43,6 +56,9 @@ pub struct AgentFlag {
     /// The agent: unix:PATH or http://HOST:PORT (default: the default socket).
     #[arg(long)]
     pub agent: Option<AgentAddr>,
+    /// The agent's bearer token for mutating calls (the file's first line).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
 }
 
 impl AgentFlag {
@@ -51,6 +67,40 @@ impl AgentFlag {
             .clone()
             .unwrap_or_else(|| AgentAddr::Unix(default_socket()))
     }
+
+    /// `msg` as a request carrying the token, when one is given.
+    fn request<T>(&self, msg: T) -> Result<tonic::Request<T>, CliError> {
+        let mut r = tonic::Request::new(msg);
+        if let Some(f) = &self.token_file {
+            let t = read_token(f)?;
+            let v = format!("Bearer {t}").parse().map_err(|_| {
+                CliError::usage(anyhow::anyhow!(
+                    "{}: the token has characters a header cannot carry",
+                    f.display()
+                ))
+            })?;
+            r.metadata_mut().insert("authorization", v);
+        }
+        Ok(r)
+    }
+}
+
+/// The token in `path`: its first line, trimmed, not empty.
+fn read_token(path: &Path) -> Result<String, CliError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        CliError::usage(anyhow::anyhow!(
+            "cannot read token file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let t = text.lines().next().unwrap_or("").trim().to_string();
+    if t.is_empty() {
+        return Err(CliError::usage(anyhow::anyhow!(
+            "token file {} is empty: the token is its first line",
+            path.display()
+        )));
+    }
+    Ok(t)
 }
 
 #[derive(Debug, Args)]
@@ -159,8 +209,32 @@ fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener, CliError> {
 }
 
 pub fn serve(a: &ServeArgs) -> Result<(), CliError> {
+    let token = a.token_file.as_deref().map(read_token).transpose()?;
+    let tcp = match &a.listen {
+        None => None,
+        Some(l) => {
+            let hostport = l.strip_prefix("tcp://").ok_or_else(|| {
+                CliError::usage(anyhow::anyhow!("--listen {l}: use tcp://HOST:PORT"))
+            })?;
+            let addr: std::net::SocketAddr = hostport.parse().map_err(|e| {
+                CliError::usage(anyhow::anyhow!(
+                    "--listen {l}: not an IP address and port ({e})"
+                ))
+            })?;
+            let allowed = addr.ip().is_loopback() || (a.allow_remote && token.is_some());
+            if !allowed {
+                return Err(CliError::usage(anyhow::anyhow!(
+                    "--listen {l}: a non-loopback address needs both --allow-remote and --token-file"
+                )));
+            }
+            Some(addr)
+        }
+    };
     let path = a.socket.clone().unwrap_or_else(default_socket);
-    let listener = bind(&path)?;
+    let listener = match tcp {
+        None => Some(bind(&path)?),
+        Some(_) => None,
+    };
     let o = a.node.options();
     let opts = ServeOptions {
         max_batch: a.max_batch as usize,
@@ -179,28 +253,67 @@ pub fn serve(a: &ServeArgs) -> Result<(), CliError> {
         facts,
         Topology::uniform(bw, bw),
         a.readonly,
+        token,
     );
     let ticker = daemon.spawn_ticker(Duration::from_millis(250));
     if let Some(rate) = a.traffic {
         spawn_traffic(&daemon, rate, vocab)?;
     }
-    eprintln!("emoe-agent: serving on unix:{}", path.display());
     let rt = runtime()?;
+    if let Some(m) = a.metrics {
+        let l = rt
+            .block_on(tokio::net::TcpListener::bind(m))
+            .map_err(|e| CliError::usage(anyhow::anyhow!("--metrics {m}: cannot listen ({e})")))?;
+        let d = Arc::clone(&daemon);
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let d = Arc::clone(&d);
+                async move {
+                    (
+                        [("content-type", "text/plain; version=0.0.4")],
+                        tokio::task::spawn_blocking(move || d.metrics_text())
+                            .await
+                            .unwrap_or_default(),
+                    )
+                }
+            }),
+        );
+        rt.spawn(async move {
+            let _ = axum::serve(l, app).await;
+        });
+        eprintln!("emoe-agent: metrics on http://{m}/metrics");
+    }
     let svc = AgentService {
         daemon: Arc::clone(&daemon),
     };
-    let r = rt.block_on(async move {
-        listener.set_nonblocking(true)?;
-        let l = tokio::net::UnixListener::from_std(listener)?;
-        let incoming = tokio_stream::wrappers::UnixListenerStream::new(l);
-        tonic::transport::Server::builder()
-            .add_service(
-                proto::agent_server::AgentServer::new(svc).max_decoding_message_size(1 << 20),
-            )
-            .serve_with_incoming_shutdown(incoming, shutdown())
-            .await
-            .map_err(anyhow::Error::from)
-    });
+    let api = proto::agent_server::AgentServer::new(svc).max_decoding_message_size(1 << 20);
+    let r = match (listener, tcp) {
+        (Some(listener), _) => {
+            eprintln!("emoe-agent: serving on unix:{}", path.display());
+            rt.block_on(async move {
+                listener.set_nonblocking(true)?;
+                let l = tokio::net::UnixListener::from_std(listener)?;
+                let incoming = tokio_stream::wrappers::UnixListenerStream::new(l);
+                tonic::transport::Server::builder()
+                    .add_service(api)
+                    .serve_with_incoming_shutdown(incoming, shutdown())
+                    .await
+                    .map_err(anyhow::Error::from)
+            })
+        }
+        (None, Some(addr)) => {
+            eprintln!("emoe-agent: serving on http://{addr}");
+            rt.block_on(async move {
+                tonic::transport::Server::builder()
+                    .add_service(api)
+                    .serve_with_shutdown(addr, shutdown())
+                    .await
+                    .map_err(anyhow::Error::from)
+            })
+        }
+        (None, None) => unreachable!("either a socket or a TCP address"),
+    };
     // Shutdown: an operation before its switchover rolls back; nothing is left mapped.
     for o in daemon.lock().ops.values() {
         o.cancel.store(true, std::sync::atomic::Ordering::Release);
@@ -209,7 +322,9 @@ pub fn serve(a: &ServeArgs) -> Result<(), CliError> {
         .stop
         .store(true, std::sync::atomic::Ordering::Release);
     let _ = ticker.join();
-    let _ = std::fs::remove_file(&path);
+    if tcp.is_none() {
+        let _ = std::fs::remove_file(&path);
+    }
     eprintln!("emoe-agent: stopped");
     r.map_err(CliError::failed)
 }
@@ -364,10 +479,10 @@ pub fn scale(a: &ScaleArgs) -> Result<(), CliError> {
             None
         };
         let op = c
-            .scale(proto::ScaleRequest {
+            .scale(a.agent.request(proto::ScaleRequest {
                 to: a.to.to_string(),
                 strategy: a.strategy.clone(),
-            })
+            })?)
             .await
             .map_err(|s| status_error(&addr, s))?
             .into_inner()
@@ -425,9 +540,9 @@ pub fn cancel(a: &CancelArgs) -> Result<(), CliError> {
     let addr = a.agent.addr();
     let r = runtime()?.block_on(async {
         let mut c = connect(&addr).await.map_err(|e| connect_error(&addr, e))?;
-        c.cancel(proto::CancelRequest {
+        c.cancel(a.agent.request(proto::CancelRequest {
             operation: a.operation,
-        })
+        })?)
         .await
         .map_err(|s| status_error(&addr, s))
     })?;

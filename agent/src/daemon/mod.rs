@@ -7,6 +7,7 @@
 //! client's is still in the recent ring). Scaling runs on its own thread per operation.
 
 pub mod client;
+pub mod metrics;
 mod service;
 mod snapshot;
 
@@ -70,6 +71,8 @@ pub struct Daemon {
     pub(crate) updates: tokio::sync::broadcast::Sender<proto::WatchUpdate>,
     pub(crate) topology: Topology,
     pub(crate) readonly: bool,
+    /// Bearer token mutating calls need (`--token-file`).
+    pub(crate) token: Option<String>,
     pub(crate) sys: Mutex<sysinfo::System>,
     pub(crate) stop: AtomicBool,
 }
@@ -80,6 +83,7 @@ impl Daemon {
         facts: NodeFacts,
         topology: Topology,
         readonly: bool,
+        token: Option<String>,
     ) -> Arc<Self> {
         let (updates, _) = tokio::sync::broadcast::channel(RING);
         Arc::new(Self {
@@ -98,6 +102,7 @@ impl Daemon {
             updates,
             topology,
             readonly,
+            token,
             sys: Mutex::new(sysinfo::System::new()),
             stop: AtomicBool::new(false),
         })

@@ -29,11 +29,32 @@ fn bad_config(field: &str, s: &str) -> Result<ParallelConfig, Status> {
 }
 
 impl AgentService {
-    fn writable(&self) -> Result<(), Status> {
+    /// Mutating calls: refused on a read-only agent, and with a token configured they need
+    /// `authorization: Bearer TOKEN`.
+    fn writable(&self, meta: &tonic::metadata::MetadataMap) -> Result<(), Status> {
         if self.daemon.readonly {
             return Err(Status::permission_denied(
                 "the agent is read-only (--readonly): mutating calls are refused",
             ));
+        }
+        if let Some(token) = &self.daemon.token {
+            let given = meta
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            match given {
+                None => {
+                    return Err(Status::unauthenticated(
+                        "this agent needs a token for mutating calls: pass --token-file",
+                    ));
+                }
+                Some(t) if t != token => {
+                    return Err(Status::unauthenticated(
+                        "the token does not match the agent's",
+                    ));
+                }
+                Some(_) => {}
+            }
         }
         Ok(())
     }
@@ -234,7 +255,7 @@ impl Agent for AgentService {
         &self,
         req: Request<proto::ScaleRequest>,
     ) -> Result<Response<proto::ScaleReply>, Status> {
-        self.writable()?;
+        self.writable(req.metadata())?;
         let r = req.into_inner();
         let to = bad_config("to", &r.to)?;
         let strategy = if r.strategy.is_empty() {
@@ -265,7 +286,7 @@ impl Agent for AgentService {
         &self,
         req: Request<proto::CancelRequest>,
     ) -> Result<Response<proto::CancelReply>, Status> {
-        self.writable()?;
+        self.writable(req.metadata())?;
         let id = req.into_inner().operation;
         let st = self.daemon.lock();
         let op = st
@@ -289,7 +310,7 @@ impl Agent for AgentService {
         &self,
         req: Request<proto::RebalanceRequest>,
     ) -> Result<Response<proto::ScaleReply>, Status> {
-        self.writable()?;
+        self.writable(req.metadata())?;
         let replicas = req.into_inner().replicas;
         if replicas > 64 {
             return Err(Status::invalid_argument(format!(

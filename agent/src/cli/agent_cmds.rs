@@ -49,6 +49,9 @@ pub struct ServeArgs {
     /// Most requests in one decode step of a replica.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub max_batch: u32,
+    /// How often the state is snapshotted and changes published to watchers.
+    #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
+    pub tick: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -209,6 +212,12 @@ fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener, CliError> {
 }
 
 pub fn serve(a: &ServeArgs) -> Result<(), CliError> {
+    if a.tick < Duration::from_millis(10) {
+        return Err(CliError::usage(anyhow::anyhow!(
+            "--tick must be at least 10ms, got {:?}",
+            a.tick
+        )));
+    }
     let token = a.token_file.as_deref().map(read_token).transpose()?;
     let tcp = match &a.listen {
         None => None,
@@ -255,7 +264,7 @@ pub fn serve(a: &ServeArgs) -> Result<(), CliError> {
         a.readonly,
         token,
     );
-    let ticker = daemon.spawn_ticker(Duration::from_millis(250));
+    let ticker = daemon.spawn_ticker(a.tick);
     if let Some(rate) = a.traffic {
         spawn_traffic(&daemon, rate, vocab)?;
     }
@@ -314,9 +323,17 @@ pub fn serve(a: &ServeArgs) -> Result<(), CliError> {
         }
         (None, None) => unreachable!("either a socket or a TCP address"),
     };
-    // Shutdown: an operation before its switchover rolls back; nothing is left mapped.
+    // Shutdown: an operation before its switchover is cancelled and rolls back (nothing is left
+    // mapped); one past it finishes. Wait for it to end.
     for o in daemon.lock().ops.values() {
         o.cancel.store(true, std::sync::atomic::Ordering::Release);
+    }
+    let end = std::time::Instant::now() + Duration::from_secs(60);
+    while Daemon::running_op(&daemon.lock()).is_some() && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if let Some(id) = Daemon::running_op(&daemon.lock()) {
+        eprintln!("emoe-agent: operation {id} did not end within 60 s of the shutdown");
     }
     daemon
         .stop

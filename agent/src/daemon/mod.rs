@@ -74,6 +74,8 @@ pub struct Daemon {
     /// Bearer token mutating calls need (`--token-file`).
     pub(crate) token: Option<String>,
     pub(crate) sys: Mutex<sysinfo::System>,
+    /// Devices with their regions, as of an HMM generation.
+    pub(crate) devices_cache: Mutex<(Option<u64>, Vec<proto::Device>)>,
     pub(crate) stop: AtomicBool,
 }
 
@@ -104,6 +106,7 @@ impl Daemon {
             readonly,
             token,
             sys: Mutex::new(sysinfo::System::new()),
+            devices_cache: Mutex::new((None, Vec::new())),
             stop: AtomicBool::new(false),
         })
     }

@@ -26,9 +26,13 @@ impl Daemon {
     pub fn snapshot(&self) -> proto::Snapshot {
         let server = &self.server;
         let ts = server.now();
-        let devices =
-            server.with_hmm(|hmm| {
-                hmm.devices()
+        let devices = server.with_hmm(|hmm| {
+            // Regions change only when the HMM's books do: rebuild them then, reuse otherwise.
+            let mut cache = self.devices_cache.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.0 != Some(hmm.generation()) {
+                let views = hmm.views_by_alloc();
+                let devs = hmm
+                    .devices()
                     .iter()
                     .map(|info| {
                         let u = hmm.usage(info.id).unwrap_or_default();
@@ -41,17 +45,12 @@ impl Daemon {
                                 expert: a.tag.expert,
                                 offset: a.offset(),
                                 size: a.size,
-                                views: hmm.views_of(a.id).iter().map(|v| v.0).collect(),
+                                views: views
+                                    .get(&a.id)
+                                    .map(|v| v.iter().map(|x| x.0).collect())
+                                    .unwrap_or_default(),
                             })
                             .collect();
-                        let telemetry = hmm.backend().telemetry(info.id).ok().flatten().map(|t| {
-                            proto::Telemetry {
-                                utilization_percent: t.utilization_pct.map(|v| v as f32),
-                                temperature_c: t.temperature_c.map(|v| v as f32),
-                                power_w: t.power_mw.map(|v| v as f32 / 1000.0),
-                                health: t.health.map(|h| format!("{h:?}").to_lowercase()),
-                            }
-                        });
                         proto::Device {
                             id: info.id.to_string(),
                             name: info.name.clone(),
@@ -60,11 +59,28 @@ impl Daemon {
                             peak: u.peak,
                             granularity: info.granularity,
                             regions,
-                            telemetry,
+                            telemetry: None,
                         }
                     })
-                    .collect()
-            });
+                    .collect();
+                *cache = (Some(hmm.generation()), devs);
+            }
+            let mut devs = cache.1.clone();
+            for (d, info) in devs.iter_mut().zip(hmm.devices()) {
+                d.telemetry =
+                    hmm.backend()
+                        .telemetry(info.id)
+                        .ok()
+                        .flatten()
+                        .map(|t| proto::Telemetry {
+                            utilization_percent: t.utilization_pct.map(|v| v as f32),
+                            temperature_c: t.temperature_c.map(|v| v as f32),
+                            power_w: t.power_mw.map(|v| v as f32 / 1000.0),
+                            health: t.health.map(|h| format!("{h:?}").to_lowercase()),
+                        });
+            }
+            devs
+        });
         let instances = server
             .instances()
             .into_iter()

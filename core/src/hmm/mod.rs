@@ -38,6 +38,9 @@ pub struct Hmm {
     next_alloc: u64,
     next_reservation: u64,
     next_view: u64,
+    /// Bumped by every change to the books (allocations, reservations, maps, views, peaks), so
+    /// observers can tell cheaply whether anything changed.
+    generation: u64,
 }
 
 impl Hmm {
@@ -56,7 +59,17 @@ impl Hmm {
             next_alloc: 1,
             next_reservation: 1,
             next_view: 1,
+            generation: 0,
         }
+    }
+
+    /// A number that changes whenever the books change (see the field's note).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub(crate) fn bump(&mut self) {
+        self.generation = self.generation.wrapping_add(1);
     }
 
     pub fn backend(&self) -> &Arc<dyn DeviceBackend> {
@@ -88,6 +101,7 @@ impl Hmm {
     /// Starts a new peak window: peak becomes the current use.
     pub fn reset_peak(&mut self, device: DeviceId) -> Result<(), HmmError> {
         self.account_mut(device)?.reset_peak();
+        self.bump();
         Ok(())
     }
 
@@ -138,6 +152,7 @@ impl Hmm {
         };
         let id = AllocId(self.next_alloc);
         self.next_alloc += 1;
+        self.bump();
         self.allocs.insert(
             id,
             Allocation {
@@ -194,6 +209,7 @@ impl Hmm {
             });
         }
         self.backend.free_physical(a.handle)?;
+        self.bump();
         if let Some(a) = self.allocs.remove(&id)
             && let Some(acc) = self.accounts.get_mut(&a.device)
         {

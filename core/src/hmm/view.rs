@@ -27,6 +27,7 @@ impl Hmm {
     pub fn create_view(&mut self, name: impl Into<String>) -> ViewId {
         let id = ViewId(self.next_view);
         self.next_view += 1;
+        self.bump();
         let view = View {
             id,
             name: name.into(),
@@ -58,7 +59,25 @@ impl Hmm {
             self.release(r)?;
         }
         self.views.remove(&id);
+        self.bump();
         Ok(())
+    }
+
+    /// For every mapped allocation, the views that map it (one pass over the reservations).
+    pub fn views_by_alloc(&self) -> std::collections::BTreeMap<AllocId, Vec<ViewId>> {
+        let mut m: std::collections::BTreeMap<AllocId, Vec<ViewId>> = Default::default();
+        for r in self.reservations.values() {
+            for a in r.slots.iter().filter_map(|s| s.mapped) {
+                let v = m.entry(a).or_default();
+                if !v.contains(&r.view) {
+                    v.push(r.view);
+                }
+            }
+        }
+        for v in m.values_mut() {
+            v.sort();
+        }
+        m
     }
 
     /// The views that map `alloc` in at least one slot, by id.
@@ -107,6 +126,7 @@ impl Hmm {
         let range = self.backend.reserve(device, total)?;
         let id = ReservationId(self.next_reservation);
         self.next_reservation += 1;
+        self.bump();
         self.reservations.insert(
             id,
             Reservation {
@@ -149,6 +169,7 @@ impl Hmm {
     }
 
     fn set_slot(&mut self, res: ReservationId, slot: usize, to: Option<AllocId>) {
+        self.bump();
         if let Some(s) = self
             .reservations
             .get_mut(&res)
@@ -272,6 +293,7 @@ impl Hmm {
         for (_, a) in &mapped {
             self.add_mapping(*a, -1);
         }
+        self.bump();
         if let Some(r) = self.reservations.remove(&res)
             && let Some(v) = self.views.get_mut(&r.view)
         {

@@ -357,3 +357,28 @@ fn tokens_metrics_resume_and_remote_refusal() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-remote"));
 }
+
+#[test]
+fn the_watch_benchmark_reports_updates_and_agent_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(common::bin("emoe-agent"))
+        .args([
+            "bench",
+            "watch",
+            "--model",
+            "micro-moe",
+            "--seconds",
+            "1",
+            "--watchers",
+            "4",
+            "--json",
+        ])
+        .env("EMOE_CACHE_DIR", dir.path())
+        .output()
+        .unwrap();
+    let r = json(&out);
+    assert_eq!(r["busy"]["watchers"], 4);
+    assert!(r["busy"]["updates_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["idle"]["agent_cpu_percent"].as_f64().unwrap() >= 0.0);
+    assert!(r["idle_under_1_percent"].is_boolean());
+}

@@ -52,6 +52,8 @@ pub enum BenchCommand {
     /// The paper's experiments in one run: scale-up and scale-down latency per strategy,
     /// throughput while serving per strategy, the ablation; JSON and tables.
     Paper(super::paper::PaperArgs),
+    /// The agent's update stream: updates/s and agent CPU with many watchers, and idle.
+    Watch(super::bench_watch::WatchBenchArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -149,6 +151,7 @@ pub fn run(a: &BenchArgs) -> Result<(), CliError> {
         BenchCommand::Plan(p) => plan_bench(p),
         BenchCommand::Ablation(x) => super::ablation::run(x),
         BenchCommand::Paper(x) => super::paper::run(x),
+        BenchCommand::Watch(x) => super::bench_watch::run(x),
     }
 }
 

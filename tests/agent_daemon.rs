@@ -147,6 +147,18 @@ fn an_agent_serves_its_state_plans_scales_and_refuses_by_rule() {
     let phases: Vec<&str> = lines.iter().filter_map(|l| l["phase"].as_str()).collect();
     assert_eq!(phases.last(), Some(&"done"), "{lines:?}");
     let s = json(&a.cli(&["status", "--json"]));
+    let migrations = s["migrations"].as_array().unwrap();
+    assert!(!migrations.is_empty(), "the copies of the step are listed");
+    assert!(
+        migrations
+            .iter()
+            .all(|m| m["done"] == true && m["bytes"].as_u64().unwrap() > 0)
+    );
+    assert!(
+        migrations
+            .iter()
+            .any(|m| m["what"].as_str().unwrap().starts_with("expert"))
+    );
     let active: Vec<_> = s["instances"]
         .as_array()
         .unwrap()

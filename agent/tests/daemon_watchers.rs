@@ -1,4 +1,5 @@
-//! Sixteen concurrent watchers of a real agent see the same final state after a scale.
+//! Sixteen concurrent watchers of a real agent see the same final state after a scale; an
+//! oversized request is refused and changes nothing.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -81,6 +82,33 @@ fn sixteen_watchers_see_the_same_final_state() {
                 }
             }));
         }
+        // An oversized request is refused and changes nothing.
+        let before = c
+            .get_snapshot(proto::GetSnapshotRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let err = c
+            .scale(proto::ScaleRequest {
+                to: "x".repeat(2 << 20),
+                strategy: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err.code(),
+                tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+            ),
+            "{err}"
+        );
+        let after = c
+            .get_snapshot(proto::GetSnapshotRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(before.instances, after.instances);
+        assert!(after.operations.is_empty(), "no operation started");
         c.scale(proto::ScaleRequest {
             to: "dp3tp2ep6".into(),
             strategy: String::new(),

@@ -61,6 +61,8 @@ pub(crate) struct State {
     pub last: Option<proto::Snapshot>,
     pub metrics: Metrics,
     pub finished: u64,
+    /// The copies of the current or last operation.
+    pub migrations: Vec<proto::Migration>,
 }
 
 /// The daemon's shared core: the serving node and what clients see of it.
@@ -100,6 +102,7 @@ impl Daemon {
                 last: None,
                 metrics: Metrics::new(None),
                 finished: 0,
+                migrations: Vec::new(),
             }),
             updates,
             topology,
@@ -153,22 +156,39 @@ impl Daemon {
                     }
                     ServeEvent::Scale { ts, event } => {
                         let Some(id) = op else { continue };
-                        let Some(o) = st.ops.get_mut(&id) else {
+                        if !st.ops.contains_key(&id) {
                             continue;
-                        };
+                        }
                         match event {
                             ScaleEvent::Phase { phase, .. } => {
+                                let Some(o) = st.ops.get_mut(&id) else {
+                                    continue;
+                                };
                                 o.info.phase = phase_name(phase).into();
                                 let msg = format!("operation {id}: {}", o.info.phase);
                                 self.log(&mut st, ts, "operation", msg);
                             }
                             ScaleEvent::CopyDone {
+                                job,
                                 jobs_done,
                                 jobs,
                                 bytes_done,
                                 bytes,
                                 ..
                             } => {
+                                if let Some(m) = st
+                                    .migrations
+                                    .iter_mut()
+                                    .find(|m| m.operation == id && m.job == job as u32)
+                                {
+                                    m.done = true;
+                                    m.finished = ts;
+                                    m.rate_bytes_per_s =
+                                        m.bytes as f64 / (ts - m.started).max(1e-6);
+                                }
+                                let Some(o) = st.ops.get_mut(&id) else {
+                                    continue;
+                                };
                                 o.info.copies_done = jobs_done as u32;
                                 o.info.copies_total = jobs as u32;
                                 o.info.bytes_done = bytes_done;
@@ -176,9 +196,34 @@ impl Daemon {
                                 let dt = (ts - o.info.started).max(1e-6);
                                 o.info.rate_bytes_per_s = bytes_done as f64 / dt;
                             }
-                            ScaleEvent::CopyStarted { .. } => {}
+                            ScaleEvent::CopyStarted {
+                                job,
+                                what,
+                                src,
+                                dst,
+                                bytes,
+                                ..
+                            } => {
+                                if st.migrations.first().is_some_and(|m| m.operation != id) {
+                                    st.migrations.clear();
+                                }
+                                st.migrations.push(proto::Migration {
+                                    operation: id,
+                                    job: job as u32,
+                                    what: pack_name(what),
+                                    src: src.map_or("disk".into(), |d| d.to_string()),
+                                    dst: dst.to_string(),
+                                    bytes,
+                                    done: false,
+                                    started: ts,
+                                    finished: 0.0,
+                                    rate_bytes_per_s: 0.0,
+                                });
+                            }
                             ScaleEvent::Error { message, .. } => {
-                                o.info.error = message.clone();
+                                if let Some(o) = st.ops.get_mut(&id) {
+                                    o.info.error = message.clone();
+                                }
                                 self.log(&mut st, ts, "error", message);
                             }
                         }
@@ -245,6 +290,15 @@ impl Daemon {
                 std::thread::sleep(period);
             }
         })
+    }
+}
+
+fn pack_name(k: emoe_core::model::PackKey) -> String {
+    use emoe_core::model::PackKey;
+    match k {
+        PackKey::Globals => "globals".into(),
+        PackKey::Layer { layer } => format!("layer {layer}"),
+        PackKey::Expert { layer, expert } => format!("expert {layer}/{expert}"),
     }
 }
 

@@ -138,6 +138,7 @@ impl Daemon {
             operations: st.ops.values().map(|o| o.info.clone()).collect(),
             serving: Some(serving),
             events: st.events.iter().cloned().collect(),
+            migrations: st.migrations.clone(),
         }
     }
 
@@ -193,7 +194,14 @@ pub fn delta(a: &proto::Snapshot, b: &proto::Snapshot) -> Option<proto::Delta> {
         .chain(b.events.iter().filter(|e| e.ts == last_ts).skip(n_old))
         .cloned()
         .collect();
-    let changed = !devices.is_empty()
+    let migrations: Vec<proto::Migration> = b
+        .migrations
+        .iter()
+        .filter(|m| !a.migrations.contains(m))
+        .cloned()
+        .collect();
+    let changed = !migrations.is_empty()
+        || !devices.is_empty()
         || replace_instances
         || !placement.is_empty()
         || !operations.is_empty()
@@ -212,6 +220,7 @@ pub fn delta(a: &proto::Snapshot, b: &proto::Snapshot) -> Option<proto::Delta> {
         serving,
         events,
         replace_instances,
+        migrations,
     })
 }
 
@@ -239,6 +248,22 @@ pub fn apply(s: &mut proto::Snapshot, seq: u64, d: &proto::Delta) {
     }
     if let Some(sv) = &d.serving {
         s.serving = Some(*sv);
+    }
+    for m in &d.migrations {
+        if s.migrations
+            .first()
+            .is_some_and(|x| x.operation != m.operation)
+        {
+            s.migrations.clear();
+        }
+        match s
+            .migrations
+            .iter_mut()
+            .find(|x| (x.operation, x.job) == (m.operation, m.job))
+        {
+            Some(x) => *x = m.clone(),
+            None => s.migrations.push(m.clone()),
+        }
     }
     s.events.extend(d.events.iter().cloned());
     let n = s.events.len();

@@ -147,6 +147,22 @@ fn an_agent_serves_its_state_plans_scales_and_refuses_by_rule() {
     let phases: Vec<&str> = lines.iter().filter_map(|l| l["phase"].as_str()).collect();
     assert_eq!(phases.last(), Some(&"done"), "{lines:?}");
     let s = json(&a.cli(&["status", "--json"]));
+    // Every phase of the operation is in the event stream, in order.
+    let phases: Vec<String> = s["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["message"].as_str())
+        .filter_map(|m| m.strip_prefix("operation 1: "))
+        .map(str::to_string)
+        .collect();
+    let want = ["preparing", "switching", "releasing", "done"];
+    let seen: Vec<&str> = phases
+        .iter()
+        .map(String::as_str)
+        .filter(|p| want.contains(p))
+        .collect();
+    assert_eq!(seen, want, "{phases:?}");
     let migrations = s["migrations"].as_array().unwrap();
     assert!(!migrations.is_empty(), "the copies of the step are listed");
     assert!(

@@ -142,6 +142,9 @@ pub struct CancelArgs {
     pub agent: AgentFlag,
     /// The operation id `scale` printed.
     pub operation: u64,
+    /// Print `{"operation": N, "phase": …}`.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -563,11 +566,18 @@ pub fn cancel(a: &CancelArgs) -> Result<(), CliError> {
         .await
         .map_err(|s| status_error(&addr, s))
     })?;
-    eprintln!(
-        "emoe-agent: cancelling operation {} (was {})",
-        a.operation,
-        r.into_inner().phase
-    );
+    let phase = r.into_inner().phase;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"operation": a.operation, "phase": phase})
+        );
+    } else {
+        eprintln!(
+            "emoe-agent: cancelling operation {} (was {phase})",
+            a.operation
+        );
+    }
     Ok(())
 }
 

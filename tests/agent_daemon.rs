@@ -126,6 +126,9 @@ fn an_agent_serves_its_state_plans_scales_and_refuses_by_rule() {
     assert_eq!(s["devices"].as_array().unwrap().len(), 8);
     assert_eq!(s["instances"][0]["config"], "dp2tp2ep4");
     assert_eq!(s["instances"][0]["state"], "active");
+    // Each instance carries its own serving figures.
+    assert!(s["instances"][0]["running"].as_u64().is_some());
+    assert!(s["instances"][0]["tokens_per_s"].as_f64().is_some());
     assert!(!s["placement"].as_array().unwrap().is_empty());
     let regions = s["devices"][0]["regions"].as_array().unwrap();
     assert!(regions.iter().any(|r| r["kind"] == "expert"));

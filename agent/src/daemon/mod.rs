@@ -63,6 +63,8 @@ pub(crate) struct State {
     pub finished: u64,
     /// The copies of the current or last operation.
     pub migrations: Vec<proto::Migration>,
+    /// Recent `(ts, tokens)` of each instance's decode steps (the last 10 s).
+    pub instance_tokens: BTreeMap<u64, VecDeque<(f64, u64)>>,
 }
 
 /// The daemon's shared core: the serving node and what clients see of it.
@@ -103,6 +105,7 @@ impl Daemon {
                 metrics: Metrics::new(None),
                 finished: 0,
                 migrations: Vec::new(),
+                instance_tokens: BTreeMap::new(),
             }),
             updates,
             topology,
@@ -148,7 +151,17 @@ impl Daemon {
             let op = Self::running_op(&st);
             for e in events {
                 match e {
-                    ServeEvent::Step { ts, tokens, .. } => {
+                    ServeEvent::Step {
+                        ts,
+                        tokens,
+                        instance,
+                        ..
+                    } => {
+                        let q = st.instance_tokens.entry(instance).or_default();
+                        q.push_back((ts, tokens as u64));
+                        while q.front().is_some_and(|(t, _)| *t < ts - 10.0) {
+                            q.pop_front();
+                        }
                         let _ = st.metrics.record_step(ts);
                         if tokens > 0 {
                             let _ = st.metrics.record_tokens(ts, tokens as u64);

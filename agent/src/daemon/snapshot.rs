@@ -81,6 +81,17 @@ impl Daemon {
             }
             devs
         });
+        let running = server.running_by_instance();
+        let instance_rates: std::collections::BTreeMap<u64, f64> = {
+            let st = self.lock();
+            st.instance_tokens
+                .iter()
+                .map(|(id, q)| {
+                    let n: u64 = q.iter().filter(|(t, _)| *t >= ts - 10.0).map(|x| x.1).sum();
+                    (*id, n as f64 / ts.clamp(1e-9, 10.0))
+                })
+                .collect()
+        };
         let instances = server
             .instances()
             .into_iter()
@@ -89,6 +100,8 @@ impl Daemon {
                 config: i.config.to_string(),
                 state: state_name(i.state).into(),
                 devices: i.devices.iter().map(ToString::to_string).collect(),
+                running: running.get(&i.id).copied().unwrap_or(0) as u64,
+                tokens_per_s: instance_rates.get(&i.id).copied().unwrap_or(0.0),
             })
             .collect();
         let active = server.active();
@@ -296,7 +309,7 @@ mod tests {
                 id: 1,
                 config: "dp2tp2ep4".into(),
                 state: "active".into(),
-                devices: vec![],
+                ..Default::default()
             }],
             operations: vec![proto::Operation {
                 id: 1,

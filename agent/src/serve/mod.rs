@@ -409,6 +409,16 @@ impl Server {
         v
     }
 
+    /// Requests running, per instance id.
+    pub fn running_by_instance(&self) -> BTreeMap<u64, usize> {
+        let st = self.shared.lock();
+        let mut m = BTreeMap::new();
+        for r in st.running.values() {
+            *m.entry(r.instance).or_default() += 1;
+        }
+        m
+    }
+
     /// Requests queued and running.
     pub fn queue(&self) -> (usize, usize) {
         let st = self.shared.lock();

@@ -8,16 +8,13 @@ use std::time::Duration;
 use clap::Args;
 
 use emoe_core::ParallelConfig;
-use emoe_core::plan::Topology;
-use emoe_core::traffic::{TrafficSpec, prompt_ids};
 
 use super::NodeArgs;
-use crate::bandwidth::measure_memcpy;
 use crate::daemon::client::{AgentAddr, connect, default_socket};
 use crate::daemon::proto::{self, watch_update::Body};
-use crate::daemon::{AgentService, Daemon, NodeFacts, apply_delta};
+use crate::daemon::{AgentService, apply_delta, host};
 use crate::exit::{self, CliError};
-use crate::serve::{ServeOptions, Submit};
+use crate::serve::ServeOptions;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -187,33 +184,6 @@ fn connect_error(addr: &AgentAddr, e: anyhow::Error) -> CliError {
     ))
 }
 
-/// Bind the Unix socket: the parent directory 0700, the socket 0600; a stale socket file is
-/// replaced, a live one is refused.
-fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener, CliError> {
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            CliError::usage(anyhow::anyhow!("cannot create {}: {e}", dir.display()))
-        })?;
-        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
-    }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(CliError::new(
-                exit::REFUSED,
-                anyhow::anyhow!("an agent already listens on {}", path.display()),
-            ));
-        }
-        std::fs::remove_file(path).map_err(CliError::failed)?;
-    }
-    let l = std::os::unix::net::UnixListener::bind(path).map_err(|e| {
-        CliError::usage(anyhow::anyhow!("cannot listen on {}: {e}", path.display()))
-    })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(CliError::failed)?;
-    Ok(l)
-}
-
 pub fn serve(a: &ServeArgs) -> Result<(), CliError> {
     if a.tick < Duration::from_millis(10) {
         return Err(CliError::usage(anyhow::anyhow!(
@@ -244,7 +214,7 @@ pub fn serve(a: &ServeArgs) -> Result<(), CliError> {
     };
     let path = a.socket.clone().unwrap_or_else(default_socket);
     let listener = match tcp {
-        None => Some(bind(&path)?),
+        None => Some(host::bind(&path)?),
         Some(_) => None,
     };
     let o = a.node.options();
@@ -252,24 +222,10 @@ pub fn serve(a: &ServeArgs) -> Result<(), CliError> {
         max_batch: a.max_batch as usize,
         ..ServeOptions::default()
     };
-    let (server, vocab) = crate::scenario::start_server(&o, opts)?;
-    let bw = measure_memcpy();
-    let facts = NodeFacts {
-        hostname: sysinfo::System::host_name().unwrap_or_else(|| "localhost".into()),
-        node_id: o.node,
-        backend: server.with_hmm(|h| h.backend().kind().to_string()),
-        model: server.active().model.name.clone(),
-    };
-    let daemon = Daemon::new(
-        Arc::clone(&server),
-        facts,
-        Topology::uniform(bw, bw),
-        a.readonly,
-        token,
-    );
+    let (daemon, vocab) = host::build(&o, opts, a.readonly, token)?;
     let ticker = daemon.spawn_ticker(a.tick);
     if let Some(rate) = a.traffic {
-        spawn_traffic(&daemon, rate, vocab)?;
+        host::spawn_traffic(&daemon, rate, vocab)?;
     }
     let rt = runtime()?;
     if let Some(m) = a.metrics {
@@ -326,22 +282,7 @@ pub fn serve(a: &ServeArgs) -> Result<(), CliError> {
         }
         (None, None) => unreachable!("either a socket or a TCP address"),
     };
-    // Shutdown: an operation before its switchover is cancelled and rolls back (nothing is left
-    // mapped); one past it finishes. Wait for it to end.
-    for o in daemon.lock().ops.values() {
-        o.cancel.store(true, std::sync::atomic::Ordering::Release);
-    }
-    let end = std::time::Instant::now() + Duration::from_secs(60);
-    while Daemon::running_op(&daemon.lock()).is_some() && std::time::Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    if let Some(id) = Daemon::running_op(&daemon.lock()) {
-        eprintln!("emoe-agent: operation {id} did not end within 60 s of the shutdown");
-    }
-    daemon
-        .stop
-        .store(true, std::sync::atomic::Ordering::Release);
-    let _ = ticker.join();
+    host::stop(&daemon, ticker);
     if tcp.is_none() {
         let _ = std::fs::remove_file(&path);
     }
@@ -360,46 +301,6 @@ async fn shutdown() {
             }
         } => {}
     }
-}
-
-/// Background Poisson traffic, in ten-minute chunks of arrivals.
-fn spawn_traffic(daemon: &Arc<Daemon>, rate: f64, vocab: u32) -> Result<(), CliError> {
-    let chunk = 600.0;
-    let spec = move |seed: u64| -> Result<TrafficSpec, CliError> {
-        let text = format!(
-            "profile = \"poisson\"\nrate = {rate}\nprompt = {{ uniform = {{ min = 8, max = 32 }} }}\noutput = {{ uniform = {{ min = 8, max = 24 }} }}\nseed = {seed}\nduration_s = {chunk}\n"
-        );
-        let s: TrafficSpec = toml::from_str(&text)
-            .map_err(|e| CliError::usage(anyhow::anyhow!("--traffic {rate}: {}", e.message())))?;
-        s.validate().map_err(CliError::usage)?;
-        Ok(s)
-    };
-    spec(0)?;
-    let d = Arc::clone(daemon);
-    std::thread::spawn(move || {
-        let mut seed = 0u64;
-        while !d.stop.load(std::sync::atomic::Ordering::Acquire) {
-            let Ok(Ok(reqs)) = spec(seed).map(|s| s.generate()) else {
-                return;
-            };
-            let t0 = d.server.now();
-            for r in reqs {
-                if d.stop.load(std::sync::atomic::Ordering::Acquire) {
-                    return;
-                }
-                let wait = t0 + r.arrival_s - d.server.now();
-                if wait > 0.0 {
-                    std::thread::sleep(Duration::from_secs_f64(wait));
-                }
-                let _ = d.server.submit(Submit {
-                    prompt: prompt_ids(seed, r.id, r.prompt_tokens, vocab),
-                    output_tokens: r.output_tokens,
-                });
-            }
-            seed += 1;
-        }
-    });
-    Ok(())
 }
 
 pub fn status(a: &StatusArgs) -> Result<(), CliError> {

@@ -7,6 +7,7 @@
 //! client's is still in the recent ring). Scaling runs on its own thread per operation.
 
 pub mod client;
+pub mod host;
 pub mod metrics;
 mod service;
 mod snapshot;

@@ -1,11 +1,28 @@
 //! Keymaps, themes and the console's config files: built-in TOML from `keymaps/` and `themes/`
 //! (embedded at build time), user deltas in the config dir, `emoe config path|print|validate`.
+//!
+//! The config dir is `$EMOE_CONFIG_DIR`, else the platform's (`~/.config/elasticmoe` on Linux).
+//! It may hold three files, each optional:
+//!
+//! * `config.toml`: `keymap = "default"|"vim"`, `theme = "dark"|"light"|"mono"|"high-contrast"`,
+//!   `ascii = bool`, `colors = "auto"|"truecolor"|"256"|"16"|"none"`, `tick = "1s"` (redraw tick,
+//!   100ms to 10s). Command-line flags win over it; it wins over the defaults.
+//! * `keymap.toml`: a delta over the chosen keymap (see [`keymap`]).
+//! * `theme.toml`: a delta over the chosen theme (see [`theme`]).
+//!
+//! [`load`] never fails: a file with a problem is reported in [`Settings::warnings`] as
+//! `PATH:LINE:COL: message` and ignored.
 
+pub mod cli;
+pub mod files;
 pub mod keymap;
 pub mod theme;
 
 use std::ops::Range;
+use std::time::Duration;
 
+pub use cli::{ConfigCmd, run_config_cmd};
+pub use files::{CONFIG_FILE, KEYMAP_FILE, LoadOptions, THEME_FILE, config_dir, load};
 pub use keymap::{Binding, Keymap, Mode};
 pub use theme::{ColorMode, Theme};
 
@@ -13,19 +30,30 @@ pub use theme::{ColorMode, Theme};
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub keymap: Keymap,
+    /// The theme, already downgraded to [`Settings::colors`].
     pub theme: Theme,
     /// No box drawing or braille.
     pub ascii: bool,
+    /// The redraw tick (100ms to 10s).
+    pub tick: Duration,
+    /// How many colours the terminal shows (from `--colors`, `config.toml` or the environment).
+    pub colors: ColorMode,
     /// Problems with user files (`file:line:col: message`); the defaults were used instead.
     pub warnings: Vec<String>,
 }
 
+/// The default redraw tick.
+pub const DEFAULT_TICK: Duration = Duration::from_secs(1);
+
 impl Default for Settings {
+    /// The built-in defaults, with no files, flags or environment consulted.
     fn default() -> Self {
         Self {
             keymap: Keymap::builtin("default").expect("the default keymap is built in"),
             theme: Theme::builtin("dark").expect("the dark theme is built in"),
             ascii: false,
+            tick: DEFAULT_TICK,
+            colors: ColorMode::TrueColor,
             warnings: Vec::new(),
         }
     }
@@ -123,6 +151,7 @@ mod tests {
         let s = Settings::default();
         assert_eq!(s.keymap.name, "default");
         assert_eq!(s.theme.name, "dark");
+        assert_eq!(s.tick, Duration::from_secs(1));
         assert!(s.warnings.is_empty());
     }
 }

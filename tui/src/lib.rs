@@ -3,3 +3,12 @@
 
 pub mod action;
 pub mod config;
+pub mod conn;
+pub mod model;
+pub mod app;
+pub mod ui;
+pub mod event_loop;
+pub mod inventory;
+pub mod fixture;
+pub mod bench;
+pub mod term;

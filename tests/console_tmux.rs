@@ -1,0 +1,116 @@
+//! The real `emoe` binary in a real terminal (tmux): launch on the embedded default, open the
+//! memory map, plan and confirm a scale-up, see it complete in the operations view, quit, and
+//! find the terminal restored (alternate screen off, the shell's output back). Skips when tmux
+//! is not installed.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn run(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .arg("-L")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run tmux");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn screen(&self) -> String {
+        self.run(&["capture-pane", "-p", "-t", "emoe"])
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", "emoe"];
+        args.extend_from_slice(keys);
+        self.run(&args);
+    }
+
+    /// Wait until the screen shows `what`; panics with the screen after `secs`.
+    fn wait_for(&self, what: &str, secs: u64) -> String {
+        let end = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let s = self.screen();
+            if s.contains(what) {
+                return s;
+            }
+            if Instant::now() > end {
+                panic!("`{what}` did not appear within {secs} s; the screen:\n{s}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .output();
+    }
+}
+
+fn have_tmux() -> bool {
+    Command::new("tmux")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn console_scales_up_from_the_keyboard_and_restores_the_terminal() {
+    if !have_tmux() {
+        eprintln!("skipped: tmux is not installed");
+        return;
+    }
+    let emoe = common::bin("emoe");
+    let cache = tempfile::tempdir().unwrap();
+    let config = tempfile::tempdir().unwrap();
+    let tmux = Tmux {
+        socket: format!("emoe-test-{}", std::process::id()),
+    };
+    let cmd = format!(
+        "EMOE_CACHE_DIR={} EMOE_CONFIG_DIR={} TERM=xterm-256color {}; echo EMOE-EXITED $?; sleep 60",
+        cache.path().display(),
+        config.path().display(),
+        emoe.display()
+    );
+    assert!(Path::new(&emoe).exists());
+    tmux.run(&[
+        "new-session", "-d", "-s", "emoe", "-x", "120", "-y", "40", &cmd,
+    ]);
+
+    // The embedded default comes up: the overview with its node live and dp2tp2ep4 active.
+    tmux.wait_for("dp2tp2ep4", 120);
+    tmux.wait_for("live", 60);
+    // The memory map.
+    tmux.keys(&["2"]);
+    tmux.wait_for("Memory map of", 10);
+    // Plan one TP group more; the preview, then the confirm dialog, then go.
+    tmux.keys(&["+"]);
+    tmux.wait_for("P2P copies", 30);
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("yes, go", 10);
+    tmux.keys(&["y"]);
+    // The operations view shows it done, and the node now runs the new config.
+    tmux.keys(&["4"]);
+    let s = tmux.wait_for("done", 120);
+    assert!(s.contains("dp2tp2ep4 → dp3tp2ep6"), "{s}");
+    tmux.keys(&["1"]);
+    tmux.wait_for("dp3tp2ep6", 30);
+    // Quit: the process exits 0 and the terminal is back to normal.
+    tmux.keys(&["q"]);
+    let s = tmux.wait_for("EMOE-EXITED", 90);
+    assert!(s.contains("EMOE-EXITED 0"), "{s}");
+    assert!(!s.contains("Memory map of"), "the console's screen is gone: {s}");
+    let alt = tmux.run(&["display-message", "-p", "-t", "emoe", "#{alternate_on}"]);
+    assert_eq!(alt.trim(), "0", "alternate screen still on");
+}

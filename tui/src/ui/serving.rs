@@ -1,0 +1,115 @@
+//! Serving: per node, throughput, TTFT, TPOT and SLO attainment now and as sparklines over the
+//! recent updates, the queue, and the instances with their load.
+
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Cell, Paragraph, Row, Table};
+
+use super::{Ctx, fmt};
+use crate::app::Hits;
+use crate::model::Sample;
+
+pub fn draw(f: &mut Frame, area: Rect, c: &Ctx, hits: &mut Hits) {
+    let t = c.theme();
+    let Some(n) = c.app.selected_node() else {
+        return;
+    };
+    let inst_h = n.snap.as_ref().map_or(0, |s| s.instances.len()) as u16 + 3;
+    let [charts, inst] =
+        Layout::vertical([Constraint::Min(8), Constraint::Length(inst_h.max(4))]).areas(area);
+    let block = c.block(format!(" Serving on {} ", n.name()));
+    let inner = block.inner(charts);
+    f.render_widget(block, charts);
+    let h: Vec<Sample> = n.history.iter().copied().collect();
+    let last = h.last().copied().unwrap_or_default();
+    let label_w = 24usize;
+    let spark_w = (inner.width as usize).saturating_sub(label_w + 1).max(4);
+    let series: [(&str, String, Vec<f64>); 6] = [
+        (
+            "tokens/s",
+            format!("{:.1}", last.tokens_per_s),
+            h.iter().map(|s| s.tokens_per_s).collect(),
+        ),
+        (
+            "requests/s",
+            format!("{:.2}", last.requests_per_s),
+            h.iter().map(|s| s.requests_per_s).collect(),
+        ),
+        (
+            "TTFT p50",
+            fmt::ms(last.ttft_p50_s),
+            h.iter().map(|s| s.ttft_p50_s).collect(),
+        ),
+        (
+            "TPOT p50",
+            fmt::ms(last.tpot_p50_s),
+            h.iter().map(|s| s.tpot_p50_s).collect(),
+        ),
+        (
+            "SLO attained",
+            fmt::pct(last.slo),
+            h.iter().map(|s| s.slo).collect(),
+        ),
+        (
+            "queued+running",
+            format!("{}+{}", last.queued, last.running),
+            h.iter().map(|s| (s.queued + s.running) as f64).collect(),
+        ),
+    ];
+    let mut lines = Vec::new();
+    for (name, now, vals) in &series {
+        lines.push(Line::from(vec![
+            Span::styled(format!("{name:<14}"), t.header),
+            Span::styled(format!("{now:>9} "), t.text),
+            Span::styled(c.g.spark(vals, spark_w), t.spark),
+        ]));
+    }
+    lines.push(Line::styled(
+        format!(
+            "TTFT p99 {}   TPOT p99 {}   {} samples",
+            fmt::ms(last.ttft_p99_s),
+            fmt::ms(last.tpot_p99_s),
+            h.len()
+        ),
+        t.dim,
+    ));
+    f.render_widget(Paragraph::new(lines), inner);
+
+    let block = c.block(" Instances ");
+    let inner = block.inner(inst);
+    f.render_widget(block, inst);
+    let Some(s) = n.snap.as_ref() else { return };
+    let rows = s.instances.iter().map(|i| {
+        let st = match i.state.as_str() {
+            "active" => t.ok,
+            "draining" => t.warn,
+            _ => t.dim,
+        };
+        Row::new(vec![
+            Cell::from(i.id.to_string()),
+            Cell::from(i.config.clone()),
+            Cell::from(Span::styled(i.state.clone(), st)),
+            Cell::from(i.running.to_string()),
+            Cell::from(format!("{:.1}", i.tokens_per_s)),
+            Cell::from(i.devices.join(" ")),
+        ])
+    });
+    let table = Table::new(
+        rows,
+        [
+            Constraint::Length(4),
+            Constraint::Length(11),
+            Constraint::Length(9),
+            Constraint::Length(8),
+            Constraint::Length(8),
+            Constraint::Fill(1),
+        ],
+    )
+    .header(
+        Row::new(vec!["Id", "Config", "State", "Running", "tok/s", "Devices"]).style(t.header),
+    )
+    .column_spacing(1);
+    f.render_widget(table, inner);
+    let _ = hits;
+}

@@ -1,0 +1,213 @@
+//! Every view and overlay rendered from fixed states (a modeled cluster, `fixture`) at 80×24 and
+//! 160×48, compared with the stored snapshots (`tui/tests/snapshots/`). Review changes with
+//! `INSTA_UPDATE=always cargo test -p emoe-tui --test snapshots` and `git diff`.
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use emoe_agent::daemon::proto;
+use emoe_tui::app::{App, Popup, View};
+use emoe_tui::conn::{Msg, NodeCmd, NodeMsg, Reply};
+use emoe_tui::config::Settings;
+use emoe_tui::fixture::{self, Shape};
+use emoe_tui::ui::render_text;
+
+const SIZES: [(u16, u16); 2] = [(80, 24), (160, 48)];
+
+fn app(scaling: bool) -> App {
+    let shape = Shape {
+        scaling,
+        ..Shape::SMALL
+    };
+    App::new(fixture::cluster(&shape), Settings::default(), false)
+}
+
+fn key(app: &mut App, c: char) {
+    app.on_key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE));
+}
+
+#[test]
+fn every_view_at_both_sizes() {
+    for scaling in [false, true] {
+        let mut a = app(scaling);
+        for v in View::ALL {
+            a.view = v;
+            for (w, h) in SIZES {
+                let name = format!(
+                    "{}_{}_{w}x{h}",
+                    v.title().to_lowercase(),
+                    if scaling { "scaling" } else { "idle" }
+                );
+                insta::assert_snapshot!(name, render_text(&a, w, h));
+            }
+        }
+    }
+}
+
+#[test]
+fn ascii_mode_draws_no_box_or_block_characters() {
+    let mut a = app(true);
+    a.settings.ascii = true;
+    for v in View::ALL {
+        a.view = v;
+        let text = render_text(&a, 80, 24);
+        assert!(
+            text.chars().all(|c| c.is_ascii() || c == '–' || c == '×' || c == '−'),
+            "{v:?}: non-ASCII glyph in\n{text}"
+        );
+        if matches!(v, View::Overview | View::Memory) {
+            insta::assert_snapshot!(format!("ascii_{}", v.title().to_lowercase()), text);
+        }
+    }
+}
+
+/// A plan reply like the agent's for the fixture's node 0.
+fn plan_reply() -> proto::PlanReply {
+    proto::PlanReply {
+        from: "dp2tp2ep4".into(),
+        to: "dp3tp2ep6".into(),
+        devices_added: vec!["0/4".into(), "0/5".into()],
+        devices_removed: vec![],
+        zero_copy_bytes: 3 << 30,
+        p2p_bytes: 640 << 20,
+        experts_moved: 20,
+        predicted_seconds: 0.08,
+        predicted_peak_bytes: (0..6)
+            .map(|i| (format!("0/{i}"), 700u64 << 20))
+            .collect(),
+        steps: 42,
+    }
+}
+
+#[test]
+fn scaling_flow_overlays() {
+    let mut a = app(false);
+    // `+` plans one TP group more: the agent is asked for the plan.
+    key(&mut a, '+');
+    assert_eq!(a.outbox, vec![(0, NodeCmd::Plan("dp3tp2ep6".into()))]);
+    a.outbox.clear();
+    for (w, h) in SIZES {
+        insta::assert_snapshot!(format!("plan_waiting_{w}x{h}"), render_text(&a, w, h));
+    }
+    a.on_msg(Msg {
+        node: 0,
+        body: NodeMsg::Reply(Reply::Plan {
+            to: "dp3tp2ep6".into(),
+            result: Ok(plan_reply()),
+        }),
+    });
+    for (w, h) in SIZES {
+        insta::assert_snapshot!(format!("plan_preview_{w}x{h}"), render_text(&a, w, h));
+    }
+    // Confirm the plan: the confirm dialog; confirm again: the scale command goes out.
+    a.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+    assert!(matches!(a.popup, Some(Popup::Confirm { .. })));
+    assert!(a.outbox.is_empty(), "nothing is sent before the confirm");
+    for (w, h) in SIZES {
+        insta::assert_snapshot!(format!("confirm_{w}x{h}"), render_text(&a, w, h));
+    }
+    key(&mut a, 'y');
+    assert_eq!(a.outbox, vec![(0, NodeCmd::Scale("dp3tp2ep6".into()))]);
+    assert!(a.popup.is_none());
+}
+
+#[test]
+fn a_refused_plan_shows_the_rule() {
+    let mut a = app(false);
+    key(&mut a, 's');
+    // The input starts at the active config; type a bad one.
+    for _ in 0..12 {
+        a.on_key(KeyEvent::new(KeyCode::Backspace, KeyModifiers::NONE));
+    }
+    for c in "dp3tp3ep9".chars() {
+        key(&mut a, c);
+    }
+    a.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+    assert_eq!(a.outbox, vec![(0, NodeCmd::Plan("dp3tp3ep9".into()))]);
+    a.on_msg(Msg {
+        node: 0,
+        body: NodeMsg::Reply(Reply::Plan {
+            to: "dp3tp3ep9".into(),
+            result: Err("TP changed: the target has TP 3, the deployment TP 2 (TP is fixed)".into()),
+        }),
+    });
+    insta::assert_snapshot!("plan_refused_80x24", render_text(&a, 80, 24));
+    // Confirming a refused plan only closes it.
+    a.outbox.clear();
+    a.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+    assert!(a.popup.is_none());
+    assert!(a.outbox.is_empty());
+
+    // A syntax error is caught before asking the agent.
+    key(&mut a, 's');
+    for c in "x".chars() {
+        key(&mut a, c);
+    }
+    a.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+    assert!(a.outbox.is_empty());
+    insta::assert_snapshot!("target_syntax_error_80x24", render_text(&a, 80, 24));
+}
+
+#[test]
+fn help_palette_and_filter() {
+    let mut a = app(true);
+    key(&mut a, '?');
+    for (w, h) in SIZES {
+        insta::assert_snapshot!(format!("help_{w}x{h}"), render_text(&a, w, h));
+    }
+    a.on_key(KeyEvent::new(KeyCode::Esc, KeyModifiers::NONE));
+    assert!(a.popup.is_none());
+    key(&mut a, ':');
+    for c in "view".chars() {
+        key(&mut a, c);
+    }
+    insta::assert_snapshot!("palette_view_80x24", render_text(&a, 80, 24));
+    for c in " mem".chars() {
+        key(&mut a, c);
+    }
+    a.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+    assert_eq!(a.view, View::Memory);
+    // `/` filters the regions of the selected device.
+    key(&mut a, '/');
+    for c in "kv".chars() {
+        key(&mut a, c);
+    }
+    a.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+    insta::assert_snapshot!("memory_filtered_kv_80x24", render_text(&a, 80, 24));
+}
+
+#[test]
+fn readonly_hides_and_refuses_mutating_actions() {
+    let shape = Shape::SMALL;
+    let mut a = App::new(fixture::cluster(&shape), Settings::default(), true);
+    let text = render_text(&a, 160, 48);
+    assert!(text.contains("READ-ONLY"), "{text}");
+    assert!(!text.contains("TP group"), "{text}");
+    key(&mut a, '?');
+    let help = render_text(&a, 160, 48);
+    assert!(!help.contains("scale."), "{help}");
+    a.on_key(KeyEvent::new(KeyCode::Esc, KeyModifiers::NONE));
+    key(&mut a, '+');
+    assert!(a.outbox.is_empty());
+    assert!(a.popup.is_none());
+    let text = render_text(&a, 160, 48);
+    assert!(text.contains("read-only console"), "{text}");
+    // The palette neither lists nor runs them.
+    assert!(a.palette_items("scale").is_empty());
+    key(&mut a, ':');
+    for c in "scale dp3tp2ep6".chars() {
+        key(&mut a, c);
+    }
+    a.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+    assert!(a.outbox.is_empty());
+}
+
+#[test]
+fn a_stale_node_is_marked_and_cannot_be_scaled() {
+    let mut a = app(false);
+    key(&mut a, ']');
+    assert_eq!(a.node, 1);
+    key(&mut a, '+');
+    assert!(a.outbox.is_empty());
+    let text = render_text(&a, 80, 24);
+    assert!(text.contains("stale"), "{text}");
+    assert!(text.contains("not connected"), "{text}");
+}

@@ -10,6 +10,7 @@ pub mod client;
 pub mod metrics;
 mod service;
 mod snapshot;
+mod ssh;
 
 pub use snapshot::{apply as apply_delta, delta as snapshot_delta};
 

@@ -53,7 +53,8 @@ pub struct ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct AgentFlag {
-    /// The agent: unix:PATH or http://HOST:PORT (default: the default socket).
+    /// The agent: unix:PATH, http://HOST:PORT or ssh://[USER@]HOST[:PORT] (default: the
+    /// default socket).
     #[arg(long)]
     pub agent: Option<AgentAddr>,
     /// The agent's bearer token for mutating calls (the file's first line).

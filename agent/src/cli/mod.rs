@@ -5,6 +5,7 @@ mod ablation;
 mod agent_cmds;
 mod bench;
 mod bench_watch;
+mod bridge;
 mod inspect;
 mod paper;
 mod plan;
@@ -55,6 +56,8 @@ pub enum Command {
     Cancel(agent_cmds::CancelArgs),
     /// Stream a running agent's state: a snapshot, then one JSON line per update.
     Watch(agent_cmds::WatchArgs),
+    /// Connect stdin/stdout to the local agent's socket (used by `emoe --agent ssh://HOST`).
+    Bridge(bridge::BridgeArgs),
     /// Internal: run an instance in this process, attached to an owner's memory over SOCKET.
     #[command(hide = true)]
     AttachInstance { socket: PathBuf },
@@ -150,6 +153,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Scale(a) => agent_cmds::scale(&a),
         Command::Cancel(a) => agent_cmds::cancel(&a),
         Command::Watch(a) => agent_cmds::watch(&a),
+        Command::Bridge(a) => bridge::run(&a),
         Command::AttachInstance { socket } => {
             crate::remote::serve_attached(&socket).map_err(CliError::failed)
         }

@@ -18,7 +18,7 @@ pub struct PlanArgs {
     /// `--from`).
     #[arg(long, conflicts_with = "agent")]
     pub embedded: bool,
-    /// Plan against a running agent (unix:PATH or http://HOST:PORT).
+    /// Plan against a running agent (unix:PATH, http://HOST:PORT or ssh://[USER@]HOST[:PORT]).
     #[arg(long)]
     pub agent: Option<crate::daemon::client::AgentAddr>,
     #[command(flatten)]

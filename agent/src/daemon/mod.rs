@@ -11,6 +11,7 @@ pub mod host;
 pub mod metrics;
 mod service;
 mod snapshot;
+mod ssh;
 
 pub use snapshot::{apply as apply_delta, delta as snapshot_delta};
 

@@ -36,10 +36,15 @@ impl Tmux {
 
     /// Wait until the screen shows `what`; panics with the screen after `secs`.
     fn wait_for(&self, what: &str, secs: u64) -> String {
+        self.wait_until(what, secs, |s| s.contains(what))
+    }
+
+    /// Wait until `ok(screen)`; panics with `what` and the screen after `secs`.
+    fn wait_until(&self, what: &str, secs: u64, ok: impl Fn(&str) -> bool) -> String {
         let end = Instant::now() + Duration::from_secs(secs);
         loop {
             let s = self.screen();
-            if s.contains(what) {
+            if ok(&s) {
                 return s;
             }
             if Instant::now() > end {
@@ -85,7 +90,15 @@ fn console_scales_up_from_the_keyboard_and_restores_the_terminal() {
     );
     assert!(Path::new(&emoe).exists());
     tmux.run(&[
-        "new-session", "-d", "-s", "emoe", "-x", "120", "-y", "40", &cmd,
+        "new-session",
+        "-d",
+        "-s",
+        "emoe",
+        "-x",
+        "120",
+        "-y",
+        "40",
+        &cmd,
     ]);
 
     // The embedded default comes up: the overview with its node live and dp2tp2ep4 active.
@@ -102,15 +115,20 @@ fn console_scales_up_from_the_keyboard_and_restores_the_terminal() {
     tmux.keys(&["y"]);
     // The operations view shows it done, and the node now runs the new config.
     tmux.keys(&["4"]);
-    let s = tmux.wait_for("done", 120);
-    assert!(s.contains("dp2tp2ep4 → dp3tp2ep6"), "{s}");
+    tmux.wait_until("the operation's row with phase done", 120, |s| {
+        s.lines()
+            .any(|l| l.contains("dp2tp2ep4 → dp3tp2ep6") && l.contains(" done "))
+    });
     tmux.keys(&["1"]);
     tmux.wait_for("dp3tp2ep6", 30);
     // Quit: the process exits 0 and the terminal is back to normal.
     tmux.keys(&["q"]);
     let s = tmux.wait_for("EMOE-EXITED", 90);
     assert!(s.contains("EMOE-EXITED 0"), "{s}");
-    assert!(!s.contains("Memory map of"), "the console's screen is gone: {s}");
+    assert!(
+        !s.contains("Memory map of"),
+        "the console's screen is gone: {s}"
+    );
     let alt = tmux.run(&["display-message", "-p", "-t", "emoe", "#{alternate_on}"]);
     assert_eq!(alt.trim(), "0", "alternate screen still on");
 }

@@ -277,7 +277,10 @@ impl App {
             },
             Reply::Cancel { op, result } => match result {
                 Ok(phase) => self.say(format!("{name}: operation {op} {phase}"), false),
-                Err(e) => self.say(format!("{name}: cancel of operation {op} refused: {e}"), true),
+                Err(e) => self.say(
+                    format!("{name}: cancel of operation {op} refused: {e}"),
+                    true,
+                ),
             },
             Reply::Rebalance(result) => match result {
                 Ok(op) => self.say(format!("{name}: rebalance started (operation {op})"), false),
@@ -363,7 +366,11 @@ impl App {
                 .filter(|a| {
                     matches!(
                         a,
-                        Action::Up | Action::Down | Action::PageUp | Action::PageDown | Action::Help
+                        Action::Up
+                            | Action::Down
+                            | Action::PageUp
+                            | Action::PageDown
+                            | Action::Help
                     )
                 })
         });
@@ -399,10 +406,7 @@ impl App {
 
     /// The palette's entries for `input`: actions whose name or description has every word.
     pub fn palette_items(&self, input: &str) -> Vec<Action> {
-        let words: Vec<String> = input
-            .split_whitespace()
-            .map(|w| w.to_lowercase())
-            .collect();
+        let words: Vec<String> = input.split_whitespace().map(|w| w.to_lowercase()).collect();
         let mut items: Vec<Action> = Action::ALL
             .iter()
             .copied()

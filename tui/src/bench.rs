@@ -36,17 +36,10 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
-/// CPU seconds this process has used (user + system), from /proc/self/stat.
+/// CPU seconds this process has used (all threads, user + system), at nanosecond resolution.
 fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return f64::NAN;
-    };
-    // Fields after the command name (which may contain spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of the line: 11 and 12 after the state field.
-    (ticks(11) + ticks(12)) / rustix::param::clock_ticks_per_second() as f64
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -64,7 +57,10 @@ pub fn run(a: &BenchArgs) -> ExitCode {
         .and_then(|(w, h)| Some((w.parse::<u16>().ok()?, h.parse::<u16>().ok()?)))
         .filter(|(w, h)| *w >= 40 && *h >= 10)
     else {
-        eprintln!("emoe bench: --size {}: use WIDTHxHEIGHT, at least 40x10", a.size);
+        eprintln!(
+            "emoe bench: --size {}: use WIDTHxHEIGHT, at least 40x10",
+            a.size
+        );
         return ExitCode::from(2);
     };
     if a.nodes == 0 || a.devices < 2 || a.frames == 0 {
@@ -128,28 +124,33 @@ pub fn run(a: &BenchArgs) -> ExitCode {
     let idle = a.idle;
     let (cpu, wall, stats) = rt.block_on(async {
         let (_tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut input = tokio_stream::pending();
+        // No input until `q` after the idle period.
+        let (ktx, krx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            tokio::time::sleep(idle).await;
+            let q = crossterm::event::KeyEvent::new(
+                crossterm::event::KeyCode::Char('q'),
+                crossterm::event::KeyModifiers::NONE,
+            );
+            let _ = ktx.send(Ok(crossterm::event::Event::Key(q))).await;
+            std::future::pending::<()>().await;
+        });
+        let mut input = tokio_stream::wrappers::ReceiverStream::new(krx);
         let c0 = cpu_seconds();
         let w0 = Instant::now();
-        let r = tokio::time::timeout(
-            idle,
-            event_loop::run(
-                &mut term,
-                &mut app,
-                &mut rx,
-                &[],
-                &mut input,
-                LoopOptions {
-                    tick: Duration::from_secs(1),
-                    synchronized: false,
-                },
-            ),
+        let stats = event_loop::run(
+            &mut term,
+            &mut app,
+            &mut rx,
+            &[],
+            &mut input,
+            LoopOptions {
+                tick: Duration::from_secs(1),
+                synchronized: false,
+            },
         )
-        .await;
-        let stats = match r {
-            Ok(Ok(s)) => Some(s),
-            _ => None,
-        };
+        .await
+        .ok();
         (cpu_seconds() - c0, w0.elapsed().as_secs_f64(), stats)
     });
     let out = json!({

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
-use emoe_agent::daemon::client::{AgentAddr, connect};
+use emoe_agent::daemon::client::{AgentAddr, ConnectOptions, connect_with};
 use emoe_agent::daemon::proto::{self, agent_client::AgentClient};
 use tonic::transport::Channel;
 
@@ -94,11 +94,7 @@ fn request<T>(opts: &ConnOptions, msg: T) -> tonic::Request<T> {
     r
 }
 
-async fn command(
-    mut c: AgentClient<Channel>,
-    opts: ConnOptions,
-    cmd: NodeCmd,
-) -> Reply {
+async fn command(mut c: AgentClient<Channel>, opts: ConnOptions, cmd: NodeCmd) -> Reply {
     match cmd {
         NodeCmd::Plan(to) => {
             let r = c.plan(proto::PlanRequest { to: to.clone() }).await;
@@ -169,7 +165,10 @@ async fn run(
     let mut backoff = BACKOFF_MIN;
     let mut last_seq: Option<u64> = None;
     loop {
-        let error = match connect(&addr).await {
+        let copts = ConnectOptions {
+            ssh_command: opts.ssh_command.clone(),
+        };
+        let error = match connect_with(&addr, &copts).await {
             Err(e) => format!("{e:#}"),
             Ok(client) => {
                 let mut w = client.clone();

@@ -65,8 +65,7 @@ where
     let mut stats = LoopStats::default();
     let mut ticker = tokio::time::interval(o.tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut term =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let mut dirty = true;
     loop {
         for (node, cmd) in app.outbox.drain(..) {

@@ -3,7 +3,7 @@
 
 use emoe_agent::daemon::proto;
 
-use crate::model::{Cluster, Link, NodeView};
+use crate::model::{Cluster, Link, NodeView, Sample};
 
 /// The shape of a modeled cluster.
 #[derive(Clone, Copy, Debug)]
@@ -298,27 +298,28 @@ pub fn cluster(shape: &Shape) -> Cluster {
         .map(|i| {
             let mut n = NodeView::new(format!("unix:/run/emoe/node-{i:02}.sock"));
             let s = snapshot(shape, i);
-            // A history for the sparklines: a wave in throughput and latency.
-            for k in 0..60u32 {
-                let mut s2 = s.clone();
-                s2.ts = k as f64;
-                if let Some(v) = s2.serving.as_mut() {
-                    let w = ((k as f64) / 6.0).sin();
-                    v.tokens_per_s = 200.0 + 60.0 * w;
-                    v.requests_per_s = 2.5 + w;
-                    v.ttft_p50_s = 0.08 + 0.03 * w;
-                    v.tpot_p50_s = 0.02 + 0.005 * w;
-                    v.slo_attainment = Some(0.95 + 0.04 * w);
-                }
-                n.apply(&proto::WatchUpdate {
-                    seq: k as u64,
-                    body: Some(proto::watch_update::Body::Snapshot(s2)),
-                });
-            }
             n.apply(&proto::WatchUpdate {
                 seq: 100,
                 body: Some(proto::watch_update::Body::Snapshot(s)),
             });
+            // A history for the sparklines: a wave in throughput and latency.
+            n.history = (0..60u32)
+                .map(|k| {
+                    let w = ((k as f64) / 6.0).sin();
+                    Sample {
+                        ts: k as f64,
+                        tokens_per_s: 200.0 + 60.0 * w,
+                        requests_per_s: 2.5 + w,
+                        ttft_p50_s: 0.08 + 0.03 * w,
+                        ttft_p99_s: 0.3,
+                        tpot_p50_s: 0.02 + 0.005 * w,
+                        tpot_p99_s: 0.05,
+                        slo: 0.95 + 0.04 * w,
+                        queued: 3,
+                        running: 8,
+                    }
+                })
+                .collect();
             if shape.nodes >= 2 && i == shape.nodes - 1 {
                 n.link = Link::Stale {
                     error: "transport error".into(),

@@ -134,7 +134,10 @@ fn main() -> ExitCode {
         Err(e) => return fail(e, 2),
     };
     if !(cli.traffic.is_finite() && cli.traffic >= 0.0) {
-        return fail(format!("--traffic {}: must be ≥ 0 requests/s", cli.traffic), 2);
+        return fail(
+            format!("--traffic {}: must be ≥ 0 requests/s", cli.traffic),
+            2,
+        );
     }
     let settings = config::load(&load);
     let token = match &cli.token_file {
@@ -151,7 +154,8 @@ fn main() -> ExitCode {
             Err(e) => return fail(e, 2),
         }
     }
-    if !cli.once && !(std::io::stdout().is_terminal() && std::io::stdin().is_terminal()) {
+    let tty = std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
+    if !cli.once && !tty {
         return fail(
             "the console needs a terminal; for a text frame use `emoe --once`, for JSON \
              `emoe-agent status --json`",
@@ -252,6 +256,9 @@ async fn once(
     if app.cluster.nodes.iter().all(|n| n.snap.is_some()) {
         ExitCode::SUCCESS
     } else {
-        fail("some nodes did not report within 20 s (marked stale above)", 1)
+        fail(
+            "some nodes did not report within 20 s (marked stale above)",
+            1,
+        )
     }
 }

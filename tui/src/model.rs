@@ -15,7 +15,10 @@ pub enum Link {
     Connecting,
     Live,
     /// Away: the last error and when the next attempt is (seconds from the last failure).
-    Stale { error: String, retry_s: f64 },
+    Stale {
+        error: String,
+        retry_s: f64,
+    },
 }
 
 /// One serving sample.

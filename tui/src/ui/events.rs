@@ -15,7 +15,12 @@ pub fn draw(f: &mut Frame, area: Rect, c: &Ctx, hits: &mut Hits) {
     for n in &c.app.cluster.nodes {
         let Some(s) = n.snap.as_ref() else { continue };
         for e in &s.events {
-            all.push((e.ts, n.name().to_string(), e.kind.as_str(), e.message.as_str()));
+            all.push((
+                e.ts,
+                n.name().to_string(),
+                e.kind.as_str(),
+                e.message.as_str(),
+            ));
         }
     }
     all.sort_by(|a, b| a.0.total_cmp(&b.0));

@@ -114,7 +114,13 @@ pub fn draw(f: &mut Frame, area: Rect, c: &Ctx, hits: &mut Hits) {
     // The strips.
     let label_w = 14usize;
     let cells_w = (top.width as usize).saturating_sub(label_w + 3).max(8);
-    let cap = s.devices.iter().map(|d| d.capacity).max().unwrap_or(1).max(1);
+    let cap = s
+        .devices
+        .iter()
+        .map(|d| d.capacity)
+        .max()
+        .unwrap_or(1)
+        .max(1);
     let per_cell = cap.div_ceil((cells_w * per) as u64).max(1);
     let block = c.block(format!(
         " Memory map of {}: {} devices, one cell = {} ",
@@ -156,7 +162,10 @@ pub fn draw(f: &mut Frame, area: Rect, c: &Ctx, hits: &mut Hits) {
         Span::styled(format!("{} non-expert  ", g.kinds[0]), t.non_expert),
         Span::styled(format!("{} experts  ", g.kinds[1]), t.expert),
         Span::styled(format!("{} KV  ", g.kinds[2]), t.kv),
-        Span::styled(format!("{} shared zero-copy  ", g.kinds[0]), t.non_expert.patch(t.shared)),
+        Span::styled(
+            format!("{} shared zero-copy  ", g.kinds[0]),
+            t.non_expert.patch(t.shared),
+        ),
         Span::styled(format!("{} in flight  ", g.moving), t.inflight),
         Span::styled(format!("{} free", g.empty), t.free),
     ]));
@@ -216,11 +225,7 @@ pub fn draw(f: &mut Frame, area: Rect, c: &Ctx, hits: &mut Hits) {
                 Cell::from(format!("{:#x}", r.offset)),
                 Cell::from(fmt::bytes(r.size)),
                 Cell::from(Span::styled(
-                    format!(
-                        "{}{}",
-                        r.views.len(),
-                        if shared { " shared" } else { "" }
-                    ),
+                    format!("{}{}", r.views.len(), if shared { " shared" } else { "" }),
                     if shared { t.shared } else { Style::default() },
                 )),
                 Cell::from(if flight {
@@ -243,7 +248,10 @@ pub fn draw(f: &mut Frame, area: Rect, c: &Ctx, hits: &mut Hits) {
         ],
     )
     .header(
-        Row::new(vec!["Kind", "Layer", "Expert", "Offset", "Size", "Views", ""]).style(t.header),
+        Row::new(vec![
+            "Kind", "Layer", "Expert", "Offset", "Size", "Views", "",
+        ])
+        .style(t.header),
     )
     .column_spacing(1);
     f.render_widget(table, inner);

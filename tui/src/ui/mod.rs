@@ -1,6 +1,7 @@
 //! Rendering: a pure function of [`App`] into a frame. Each view has its own file; this one lays
 //! out the tab bar, the view, the status bar and the overlays.
 
+mod events;
 pub mod fmt;
 pub mod glyphs;
 mod memory;
@@ -9,7 +10,6 @@ mod overview;
 mod placement;
 mod popups;
 mod serving;
-mod events;
 
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -109,7 +109,35 @@ pub fn draw(f: &mut Frame, app: &App) -> Hits {
     }
     status(f, bottom, &ctx);
     popups::draw(f, area, &ctx);
+    if app.settings.ascii {
+        asciify(f.buffer_mut());
+    }
     hits
+}
+
+/// `--ascii` is a promise: whatever a view or a message wrote, every cell leaves as ASCII.
+fn asciify(buf: &mut ratatui::buffer::Buffer) {
+    for cell in buf.content.iter_mut() {
+        let sym = cell.symbol();
+        if sym.is_ascii() {
+            continue;
+        }
+        let r = match sym.chars().next().unwrap_or(' ') {
+            '–' | '—' | '−' | '─' | '━' => "-",
+            '×' => "x",
+            '→' | '»' | '›' => ">",
+            '←' | '«' | '‹' => "<",
+            '…' | '·' | '•' => ".",
+            '●' => "*",
+            '│' | '┃' => "|",
+            '✓' => "v",
+            '✗' => "x",
+            '≥' => ">",
+            '≤' => "<",
+            _ => "?",
+        };
+        cell.set_symbol(r);
+    }
 }
 
 fn tabs(f: &mut Frame, area: Rect, c: &Ctx, hits: &mut Hits) {
@@ -136,11 +164,7 @@ fn tabs(f: &mut Frame, area: Rect, c: &Ctx, hits: &mut Hits) {
         };
         let label = format!(" {} {name} ", i + 1);
         let w = label.chars().count() as u16;
-        let style = if *v == c.app.view {
-            t.selected
-        } else {
-            t.dim
-        };
+        let style = if *v == c.app.view { t.selected } else { t.dim };
         hits.tabs.push((Rect::new(x, area.y, w, 1), *v));
         x += w;
         spans.push(Span::styled(label, style));

@@ -58,84 +58,10 @@ pub fn draw(f: &mut Frame, area: Rect, c: &Ctx, hits: &mut Hits) {
             Paragraph::new(format!("no operations yet{keys}")).style(t.dim),
             inner,
         );
+    } else {
+        render_ops(f, inner, c, &ops, hits);
     }
     let sel = c.app.row().min(ops.len().saturating_sub(1));
-    let rows_h = inner.height.saturating_sub(1) as usize;
-    let first = window(sel, ops.len(), rows_h);
-    let wide = inner.width >= 110;
-    let bar_w = if inner.width >= 120 { 24 } else { 10 };
-    let rows = ops.iter().enumerate().skip(first).take(rows_h).map(|(i, o)| {
-        let frac = if o.bytes_total > 0 {
-            o.bytes_done as f64 / o.bytes_total as f64
-        } else if finished(o) {
-            1.0
-        } else {
-            0.0
-        };
-        let phase_style = match o.phase.as_str() {
-            "done" => t.ok,
-            "failed" => t.error,
-            "cancelled" => t.warn,
-            _ => t.inflight,
-        };
-        let latency = if finished(o) && o.latency_s > 0.0 {
-            fmt::secs(o.latency_s)
-        } else {
-            "–".into()
-        };
-        let mut cells = vec![
-            Cell::from(o.id.to_string()),
-            Cell::from(format!("{} {} {}", o.from, c.g.arrow, o.to)),
-            Cell::from(Span::styled(o.phase.clone(), phase_style)),
-            Cell::from(Line::from(vec![
-                Span::styled(c.bar(frac, bar_w), t.gauge),
-                Span::raw(format!(" {:>4}", fmt::pct(frac))),
-            ])),
-            Cell::from(format!("{}/{}", o.copies_done, o.copies_total)),
-        ];
-        if wide {
-            cells.push(Cell::from(fmt::rate(o.rate_bytes_per_s)));
-        }
-        cells.push(Cell::from(eta(o).map_or("–".into(), fmt::secs)));
-        cells.push(Cell::from(latency));
-        cells.push(Cell::from(Span::styled(
-            if o.error.is_empty() {
-                o.strategy.clone()
-            } else {
-                o.error.clone()
-            },
-            if o.error.is_empty() { t.dim } else { t.error },
-        )));
-        Row::new(cells)
-        .style(if i == sel { t.selected } else { t.text })
-    });
-    let mut widths = vec![
-        Constraint::Length(3),
-        Constraint::Length(21),
-        Constraint::Length(9),
-        Constraint::Length(bar_w as u16 + 5),
-        Constraint::Length(6),
-    ];
-    let mut header = vec!["Op", "Step", "Phase", "Progress", "Copies"];
-    if wide {
-        widths.push(Constraint::Length(12));
-        header.push("Rate");
-    }
-    widths.extend([
-        Constraint::Length(7),
-        Constraint::Length(7),
-        Constraint::Fill(1),
-    ]);
-    header.extend(["ETA", "Latency", "Strategy"]);
-    let table = Table::new(rows, widths)
-        .header(Row::new(header).style(t.header))
-        .column_spacing(1);
-    f.render_widget(table, inner);
-    hits.list = Some((
-        Rect::new(inner.x, inner.y + 1, inner.width, rows_h as u16),
-        first,
-    ));
-
     // Copies of the selected operation.
     let op = ops.get(sel);
     let migs: Vec<&proto::Migration> = s
@@ -193,4 +119,88 @@ pub fn draw(f: &mut Frame, area: Rect, c: &Ctx, hits: &mut Hits) {
     .header(Row::new(vec!["What", "Copy", "Bytes", "", "Rate"]).style(t.header))
     .column_spacing(1);
     f.render_widget(table, inner);
+}
+
+fn render_ops(f: &mut Frame, inner: Rect, c: &Ctx, ops: &[&proto::Operation], hits: &mut Hits) {
+    let t = c.theme();
+    let sel = c.app.row().min(ops.len().saturating_sub(1));
+    let rows_h = inner.height.saturating_sub(1) as usize;
+    let first = window(sel, ops.len(), rows_h);
+    let wide = inner.width >= 110;
+    let bar_w = if inner.width >= 120 { 24 } else { 10 };
+    let rows = ops
+        .iter()
+        .enumerate()
+        .skip(first)
+        .take(rows_h)
+        .map(|(i, o)| {
+            let frac = if o.bytes_total > 0 {
+                o.bytes_done as f64 / o.bytes_total as f64
+            } else if finished(o) {
+                1.0
+            } else {
+                0.0
+            };
+            let phase_style = match o.phase.as_str() {
+                "done" => t.ok,
+                "failed" => t.error,
+                "cancelled" => t.warn,
+                _ => t.inflight,
+            };
+            let latency = if finished(o) && o.latency_s > 0.0 {
+                fmt::secs(o.latency_s)
+            } else {
+                "–".into()
+            };
+            let mut cells = vec![
+                Cell::from(o.id.to_string()),
+                Cell::from(format!("{} {} {}", o.from, c.g.arrow, o.to)),
+                Cell::from(Span::styled(o.phase.clone(), phase_style)),
+                Cell::from(Line::from(vec![
+                    Span::styled(c.bar(frac, bar_w), t.gauge),
+                    Span::raw(format!(" {:>4}", fmt::pct(frac))),
+                ])),
+                Cell::from(format!("{}/{}", o.copies_done, o.copies_total)),
+            ];
+            if wide {
+                cells.push(Cell::from(fmt::rate(o.rate_bytes_per_s)));
+            }
+            cells.push(Cell::from(eta(o).map_or("–".into(), fmt::secs)));
+            cells.push(Cell::from(latency));
+            cells.push(Cell::from(Span::styled(
+                if o.error.is_empty() {
+                    o.strategy.clone()
+                } else {
+                    o.error.clone()
+                },
+                if o.error.is_empty() { t.dim } else { t.error },
+            )));
+            Row::new(cells).style(if i == sel { t.selected } else { t.text })
+        });
+    let mut widths = vec![
+        Constraint::Length(3),
+        Constraint::Length(21),
+        Constraint::Length(9),
+        Constraint::Length(bar_w as u16 + 5),
+        Constraint::Length(6),
+    ];
+    let mut header = vec!["Op", "Step", "Phase", "Progress", "Copies"];
+    if wide {
+        widths.push(Constraint::Length(12));
+        header.push("Rate");
+    }
+    widths.extend([
+        Constraint::Length(7),
+        Constraint::Length(7),
+        Constraint::Fill(1),
+    ]);
+    header.extend(["ETA", "Latency", "Strategy"]);
+    let table = Table::new(rows, widths)
+        .header(Row::new(header).style(t.header))
+        .column_spacing(1);
+    f.render_widget(table, inner);
+    hits.list = Some((
+        Rect::new(inner.x, inner.y + 1, inner.width, rows_h as u16),
+        first,
+    ));
 }

@@ -56,7 +56,11 @@ fn node_table(f: &mut Frame, area: Rect, c: &Ctx, hits: &mut Hits) {
                 .map(|d| {
                     let x = d.used as f64 / d.capacity.max(1) as f64;
                     Span::styled(
-                        if d.used == 0 { c.g.empty } else { c.g.level(x.max(0.13)) },
+                        if d.used == 0 {
+                            c.g.empty
+                        } else {
+                            c.g.level(x.max(0.13))
+                        },
                         usage_style(c, x),
                     )
                 })
@@ -80,19 +84,24 @@ fn node_table(f: &mut Frame, area: Rect, c: &Ctx, hits: &mut Hits) {
             cells.push(Cell::from(
                 node.map_or("–".into(), |n| format!("{:.2}", n.load_1)),
             ));
-            cells.push(Cell::from(node.map_or("–".into(), |n| {
-                format!("{} {}", n.backend, n.model)
-            })));
+            cells.push(Cell::from(
+                node.map_or("–".into(), |n| format!("{} {}", n.backend, n.model)),
+            ));
         }
         cells.push(Cell::from(
             s.and_then(|s| s.serving.as_ref())
                 .map_or("–".into(), |v| format!("{:.0}", v.tokens_per_s)),
         ));
-        cells.push(Cell::from(n.running_op().map_or(String::new(), |o| {
-            format!("{} {}", o.phase, o.to)
-        })));
+        cells.push(Cell::from(
+            n.running_op()
+                .map_or(String::new(), |o| format!("{} {}", o.phase, o.to)),
+        ));
         let style = if i == c.app.node { t.selected } else { t.text };
-        let style = if n.stale() { style.patch(t.stale) } else { style };
+        let style = if n.stale() {
+            style.patch(t.stale)
+        } else {
+            style
+        };
         Row::new(cells).style(style)
     });
     let mut header = vec!["Node", "Link", "Config", "Devices", "Memory", "CPU"];
@@ -114,7 +123,12 @@ fn node_table(f: &mut Frame, area: Rect, c: &Ctx, hits: &mut Hits) {
         .header(Row::new(header).style(t.header))
         .column_spacing(1);
     f.render_widget(table, inner);
-    let list = Rect::new(inner.x, inner.y + 1, inner.width, inner.height.saturating_sub(1));
+    let list = Rect::new(
+        inner.x,
+        inner.y + 1,
+        inner.width,
+        inner.height.saturating_sub(1),
+    );
     // Rows map back to node indices only when nothing is filtered out.
     if visible.len() == nodes.len() {
         hits.list = Some((list, first));
@@ -176,8 +190,7 @@ fn device_table(f: &mut Frame, area: Rect, c: &Ctx) {
                 cells.push(Cell::from(health));
             }
             cells.push(Cell::from(inst.join(", ")));
-            Row::new(cells)
-            .style(if d.used == 0 { t.dim } else { Style::default() })
+            Row::new(cells).style(if d.used == 0 { t.dim } else { Style::default() })
         });
     let mut widths = vec![
         Constraint::Length(6),

@@ -37,8 +37,7 @@ pub fn draw(f: &mut Frame, area: Rect, c: &Ctx, hits: &mut Hits) {
         })
         .collect();
     let experts = s.placement.first().map_or(0, |l| l.experts.len());
-    let [grid, legend] =
-        Layout::vertical([Constraint::Min(3), Constraint::Length(4)]).areas(area);
+    let [grid, legend] = Layout::vertical([Constraint::Min(3), Constraint::Length(4)]).areas(area);
     let block = c.block(format!(
         " Expert placement on {}: {} layers × {} experts (shade = load, {} = moving) ",
         n.name(),
@@ -65,7 +64,13 @@ pub fn draw(f: &mut Frame, area: Rect, c: &Ctx, hits: &mut Hits) {
     }
     lines.push(Line::styled(head, t.header));
     for (li, layer) in s.placement.iter().enumerate().skip(first_l).take(rows_h) {
-        let max = layer.experts.iter().map(|x| x.load).max().unwrap_or(0).max(1);
+        let max = layer
+            .experts
+            .iter()
+            .map(|x| x.load)
+            .max()
+            .unwrap_or(0)
+            .max(1);
         let style = if li == sel { t.selected } else { t.dim };
         let mut spans = vec![Span::styled(format!("L{:<3} ", layer.layer), style)];
         for x in layer.experts.iter().skip(first_e).take(cols) {

@@ -58,8 +58,12 @@ pub fn draw(f: &mut Frame, area: Rect, c: &Ctx) {
             let skip = (*scroll).min(lines.len().saturating_sub(inner_h));
             f.render_widget(Clear, r);
             f.render_widget(
-                Paragraph::new(lines.into_iter().skip(skip).collect::<Vec<_>>())
-                    .block(c.block(format!(" Help: {} to close ", key(Mode::Dialog, crate::action::Action::Dismiss)))),
+                Paragraph::new(lines.into_iter().skip(skip).collect::<Vec<_>>()).block(c.block(
+                    format!(
+                        " Help: {} to close ",
+                        key(Mode::Dialog, crate::action::Action::Dismiss)
+                    ),
+                )),
                 r,
             );
         }
@@ -128,7 +132,10 @@ pub fn draw(f: &mut Frame, area: Rect, c: &Ctx) {
                 }
                 Some(Ok(p)) => {
                     let row = |k: &str, v: String| {
-                        Line::from(vec![Span::styled(format!("{k:<22}"), t.header), Span::raw(v)])
+                        Line::from(vec![
+                            Span::styled(format!("{k:<22}"), t.header),
+                            Span::raw(v),
+                        ])
                     };
                     lines.push(row("step", format!("{} {} {}", p.from, c.g.arrow, p.to)));
                     lines.push(row(
@@ -164,7 +171,7 @@ pub fn draw(f: &mut Frame, area: Rect, c: &Ctx) {
                         }
                         line.push_str(&cell);
                     }
-                    if line.trim().len() > 0 {
+                    if !line.trim().is_empty() {
                         lines.push(Line::raw(line));
                     }
                 }
@@ -179,7 +186,10 @@ pub fn draw(f: &mut Frame, area: Rect, c: &Ctx) {
                         key(Mode::Dialog, crate::action::Action::Dismiss)
                     )
                 } else {
-                    format!("{} close", key(Mode::Dialog, crate::action::Action::Dismiss))
+                    format!(
+                        "{} close",
+                        key(Mode::Dialog, crate::action::Action::Dismiss)
+                    )
                 },
                 t.dim,
             ));

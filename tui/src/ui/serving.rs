@@ -106,9 +106,7 @@ pub fn draw(f: &mut Frame, area: Rect, c: &Ctx, hits: &mut Hits) {
             Constraint::Fill(1),
         ],
     )
-    .header(
-        Row::new(vec!["Id", "Config", "State", "Running", "tok/s", "Devices"]).style(t.header),
-    )
+    .header(Row::new(vec!["Id", "Config", "State", "Running", "tok/s", "Devices"]).style(t.header))
     .column_spacing(1);
     f.render_widget(table, inner);
     let _ = hits;

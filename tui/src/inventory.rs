@@ -22,8 +22,8 @@ struct File {
 #[serde(deny_unknown_fields)]
 struct Entry {
     addr: String,
+    /// Shown instead of the agent's hostname.
     #[serde(default)]
-    #[allow(dead_code)]
     name: Option<String>,
 }
 
@@ -38,14 +38,21 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
+/// One node of an inventory: where its agent is and an optional label.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InventoryNode {
+    pub addr: AgentAddr,
+    pub name: Option<String>,
+}
+
 /// The nodes of an inventory file; errors read `FILE:LINE:COL: message`.
-pub fn load(path: &Path) -> Result<Vec<AgentAddr>, String> {
+pub fn load(path: &Path) -> Result<Vec<InventoryNode>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("{}: cannot read the inventory: {e}", path.display()))?;
     parse(&text, &path.display().to_string())
 }
 
-pub fn parse(text: &str, origin: &str) -> Result<Vec<AgentAddr>, String> {
+pub fn parse(text: &str, origin: &str) -> Result<Vec<InventoryNode>, String> {
     let f: File = toml::from_str(text).map_err(|e| {
         let (l, c) = e.span().map_or((1, 1), |s| line_col(text, s.start));
         format!("{origin}:{l}:{c}: {}", e.message())
@@ -56,9 +63,13 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<AgentAddr>, String> {
     f.nodes
         .iter()
         .map(|n| {
-            n.get_ref().addr.parse::<AgentAddr>().map_err(|e| {
+            let addr = n.get_ref().addr.parse::<AgentAddr>().map_err(|e| {
                 let (l, c) = line_col(text, n.span().start);
                 format!("{origin}:{l}:{c}: {e}")
+            })?;
+            Ok(InventoryNode {
+                addr,
+                name: n.get_ref().name.clone().filter(|s| !s.trim().is_empty()),
             })
         })
         .collect()
@@ -71,7 +82,10 @@ mod tests {
     #[test]
     fn nodes_and_errors_with_lines() {
         let ok = "[[nodes]]\naddr = \"unix:/tmp/a.sock\"\n\n[[nodes]]\naddr = \"http://127.0.0.1:7000\"\nname = \"b\"\n";
-        assert_eq!(parse(ok, "inv.toml").unwrap().len(), 2);
+        let nodes = parse(ok, "inv.toml").unwrap();
+        assert_eq!(nodes.len(), 2);
+        assert_eq!(nodes[0].name, None);
+        assert_eq!(nodes[1].name.as_deref(), Some("b"));
         let bad = "[[nodes]]\naddr = \"unix:/tmp/a.sock\"\n\n[[nodes]]\naddr = \"ftp://x\"\n";
         let e = parse(bad, "inv.toml").unwrap_err();
         assert!(e.starts_with("inv.toml:4:"), "{e}");

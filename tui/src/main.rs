@@ -148,9 +148,13 @@ fn main() -> ExitCode {
         },
     };
     let mut addrs: Vec<AgentAddr> = cli.agent.clone();
+    let mut names: Vec<Option<String>> = vec![None; addrs.len()];
     if let Some(inv) = &cli.inventory {
         match emoe_tui::inventory::load(inv) {
-            Ok(a) => addrs = a,
+            Ok(nodes) => {
+                addrs = nodes.iter().map(|n| n.addr.clone()).collect();
+                names = nodes.into_iter().map(|n| n.name).collect();
+            }
             Err(e) => return fail(e, 2),
         }
     }
@@ -173,6 +177,7 @@ fn main() -> ExitCode {
             Ok(e) => {
                 addrs.push(e.addr());
                 labels.push("embedded".to_string());
+                names.push(None);
                 embedded = Some(e);
             }
             Err(e) => {
@@ -204,7 +209,14 @@ fn main() -> ExitCode {
             .collect();
         drop(tx);
         let cluster = Cluster {
-            nodes: labels.into_iter().map(NodeView::new).collect(),
+            nodes: labels
+                .into_iter()
+                .zip(names)
+                .map(|(addr, label)| NodeView {
+                    label,
+                    ..NodeView::new(addr)
+                })
+                .collect(),
         };
         let mut app = App::new(cluster, settings.clone(), cli.readonly);
         app.view = view;

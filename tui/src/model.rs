@@ -59,6 +59,8 @@ impl Sample {
 pub struct NodeView {
     /// What the operator gave (`unix:…`, `http://…`, `ssh://…`, or "embedded").
     pub addr: String,
+    /// A label the operator gave (inventory `name`), shown instead of the hostname.
+    pub label: Option<String>,
     pub link: Link,
     pub snap: Option<proto::Snapshot>,
     pub history: VecDeque<Sample>,
@@ -70,6 +72,7 @@ impl NodeView {
     pub fn new(addr: impl Into<String>) -> Self {
         Self {
             addr: addr.into(),
+            label: None,
             link: Link::Connecting,
             snap: None,
             history: VecDeque::new(),
@@ -77,8 +80,11 @@ impl NodeView {
         }
     }
 
-    /// The node's name: its hostname once known, else the address.
+    /// The node's name: the operator's label, else its hostname once known, else the address.
     pub fn name(&self) -> &str {
+        if let Some(l) = &self.label {
+            return l;
+        }
         self.snap
             .as_ref()
             .and_then(|s| s.node.as_ref())

@@ -270,8 +270,10 @@ fn once_reports_an_unreachable_agent() {
             "unix:/nonexistent/x.sock",
             "--size",
             "120x20",
+            "--wait",
+            "2s",
         ],
-        25,
+        10,
     );
     assert_eq!(run.status.code(), Some(1), "{run}");
     // The frame is still printed, with the node marked stale under its address.
@@ -324,7 +326,6 @@ fn bad_flags_are_refused_with_the_rule() {
 /// The bad address is on line 2, so the error should say `FILE:2:`. The console says `FILE:1:1`:
 /// it points at the `[[nodes]]` header (the span of the whole entry), not at the `addr` value.
 #[test]
-#[ignore = "console bug: an inventory's bad addr is reported at its [[nodes]] line, not its own"]
 fn inventory_error_names_the_line_of_the_bad_addr() {
     let env = Env::new();
     let inv = env.path("inventory.toml");

@@ -60,7 +60,18 @@ impl Drop for Tmux {
         let _ = Command::new("tmux")
             .args(["-L", &self.socket, "kill-server"])
             .output();
+        // tmux 3.3 leaves its socket file behind.
+        let uid = uid();
+        let _ = std::fs::remove_file(format!("/tmp/tmux-{uid}/{}", self.socket));
     }
+}
+
+fn uid() -> String {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
 }
 
 fn have_tmux() -> bool {

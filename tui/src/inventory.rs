@@ -15,13 +15,13 @@ use emoe_agent::daemon::client::AgentAddr;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
-    nodes: Vec<toml::Spanned<Entry>>,
+    nodes: Vec<Entry>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Entry {
-    addr: String,
+    addr: toml::Spanned<String>,
     /// Shown instead of the agent's hostname.
     #[serde(default)]
     name: Option<String>,
@@ -63,13 +63,13 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<InventoryNode>, String> {
     f.nodes
         .iter()
         .map(|n| {
-            let addr = n.get_ref().addr.parse::<AgentAddr>().map_err(|e| {
-                let (l, c) = line_col(text, n.span().start);
+            let addr = n.addr.get_ref().parse::<AgentAddr>().map_err(|e| {
+                let (l, c) = line_col(text, n.addr.span().start);
                 format!("{origin}:{l}:{c}: {e}")
             })?;
             Ok(InventoryNode {
                 addr,
-                name: n.get_ref().name.clone().filter(|s| !s.trim().is_empty()),
+                name: n.name.clone().filter(|s| !s.trim().is_empty()),
             })
         })
         .collect()
@@ -88,7 +88,7 @@ mod tests {
         assert_eq!(nodes[1].name.as_deref(), Some("b"));
         let bad = "[[nodes]]\naddr = \"unix:/tmp/a.sock\"\n\n[[nodes]]\naddr = \"ftp://x\"\n";
         let e = parse(bad, "inv.toml").unwrap_err();
-        assert!(e.starts_with("inv.toml:4:"), "{e}");
+        assert!(e.starts_with("inv.toml:5:8:"), "{e}");
         assert!(e.contains("ftp://x"), "{e}");
         let e = parse("[[nodes]]\naddr = 3\n", "inv.toml").unwrap_err();
         assert!(e.starts_with("inv.toml:2:"), "{e}");

@@ -62,9 +62,13 @@ struct Cli {
     /// Embedded agent: synthetic traffic in requests/s (0 for none).
     #[arg(long, default_value_t = 2.0)]
     traffic: f64,
-    /// Print one frame of the view as text once every node has reported, then exit.
+    /// Print one frame of the view as text once every node has reported (or --wait passed:
+    /// exit 1), then exit.
     #[arg(long)]
     once: bool,
+    /// How long --once waits for every node to report.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    wait: Duration,
     /// The view to open: overview, memory, placement, operations, serving, events.
     #[arg(long, default_value = "overview")]
     view: String,
@@ -221,7 +225,7 @@ fn main() -> ExitCode {
         let mut app = App::new(cluster, settings.clone(), cli.readonly);
         app.view = view;
         if cli.once {
-            return once(&mut app, &mut rx, size).await;
+            return once(&mut app, &mut rx, size, cli.wait).await;
         }
         let mut guard = match emoe_tui::term::Guard::enter() {
             Ok(g) => g,
@@ -250,13 +254,14 @@ fn main() -> ExitCode {
     code
 }
 
-/// Wait until every node has sent its state (or 20 s), then print one frame as text.
+/// Wait until every node has sent its state (or `wait`), then print one frame as text.
 async fn once(
     app: &mut App,
     rx: &mut tokio::sync::mpsc::UnboundedReceiver<conn::Msg>,
     (w, h): (u16, u16),
+    wait: Duration,
 ) -> ExitCode {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let deadline = tokio::time::Instant::now() + wait;
     while app.cluster.nodes.iter().any(|n| n.snap.is_none()) {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
             Ok(Some(m)) => app.on_msg(m),

@@ -208,3 +208,11 @@ fn a_stale_node_is_marked_and_cannot_be_scaled() {
     assert!(text.contains("stale"), "{text}");
     assert!(text.contains("not connected"), "{text}");
 }
+
+#[test]
+fn without_colours_placement_names_devices_by_glyph() {
+    let mut a = app(true);
+    a.settings.theme = emoe_tui::config::Theme::builtin("mono").unwrap();
+    a.view = View::Placement;
+    insta::assert_snapshot!("placement_mono_80x24", render_text(&a, 80, 24));
+}

@@ -37,12 +37,19 @@ pub fn draw(f: &mut Frame, area: Rect, c: &Ctx, hits: &mut Hits) {
         })
         .collect();
     let experts = s.placement.first().map_or(0, |l| l.experts.len());
+    // A theme without colours (mono, NO_COLOR) cannot tell devices apart by colour.
+    let mono = c.theme().device_color(0) == ratatui::style::Color::Reset;
     let [grid, legend] = Layout::vertical([Constraint::Min(3), Constraint::Length(4)]).areas(area);
     let block = c.block(format!(
-        " Expert placement on {}: {} layers × {} experts (shade = load, {} = moving) ",
+        " Experts on {}: {} layers × {} ({}; {} moving) ",
         n.name(),
         s.placement.len(),
         experts,
+        if mono {
+            "glyph = device"
+        } else {
+            "colour = device, shade = load"
+        },
         c.g.moving
     ));
     let inner = block.inner(grid);
@@ -89,6 +96,13 @@ pub fn draw(f: &mut Frame, area: Rect, c: &Ctx, hits: &mut Hits) {
                 spans.push(Span::styled(c.g.moving, t.inflight));
                 continue;
             }
+            if mono {
+                // Without colours the device's index is the glyph (0–9, a–z, then `+`).
+                let i = dev_index(holder);
+                let ch = char::from_digit(i as u32, 36).unwrap_or('+');
+                spans.push(Span::styled(ch.to_string(), st));
+                continue;
+            }
             let share = x.load as f64 / max as f64;
             let shade = ((share * 3.0).round() as usize).min(3);
             spans.push(Span::styled(c.g.shades[shade], st));
@@ -119,7 +133,11 @@ pub fn draw(f: &mut Frame, area: Rect, c: &Ctx, hits: &mut Hits) {
             continue;
         }
         spans.push(Span::styled(
-            c.g.full.to_string(),
+            if mono {
+                char::from_digit(i as u32, 36).unwrap_or('+').to_string()
+            } else {
+                c.g.full.to_string()
+            },
             Style::default().fg(c.theme().device_color(i)),
         ));
         spans.push(Span::raw(format!(

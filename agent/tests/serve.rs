@@ -276,3 +276,47 @@ fn standby_runtimes_are_pre_initialized_and_kept_in_an_lru() {
     assert!(s.standby().len() <= 4);
     s.shutdown();
 }
+
+#[test]
+fn while_a_cold_restart_reloads_there_is_no_active_instance_and_nothing_panics() {
+    use emoe_core::scale::Strategy;
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(server(dir.path(), "dp2tp2ep4"));
+    for r in requests() {
+        s.submit(r).unwrap();
+    }
+    // A reader asks for the active instance, plans and pre-initializes throughout the restart:
+    // it sees the old instance, then none (refusals, not panics), then the new one.
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (s, done) = (Arc::clone(&s), Arc::clone(&done));
+        std::thread::spawn(move || {
+            let topo = Topology::uniform(1e10, 1e10);
+            let (mut seen_none, mut refusals) = (false, 0);
+            while !done.load(Ordering::Acquire) {
+                if s.active().is_none() {
+                    seen_none = true;
+                    let to: ParallelConfig = "dp4tp2ep8".parse().unwrap();
+                    if s.plan(to, Policy::Balanced, &topo).is_err() {
+                        refusals += 1;
+                    }
+                }
+                std::thread::yield_now();
+            }
+            (seen_none, refusals)
+        })
+    };
+    let topo = Topology::uniform(1e10, 1e10);
+    let to: ParallelConfig = "dp3tp2ep6".parse().unwrap();
+    s.scale_with(Strategy::ColdRestart, to, &topo, &AtomicBool::new(false))
+        .unwrap();
+    done.store(true, Ordering::Release);
+    let (seen_none, refusals) = reader.join().expect("the reader did not panic");
+    if seen_none {
+        assert!(refusals > 0, "a plan without an active instance is refused");
+    }
+    assert_eq!(s.active().unwrap().config, to);
+    assert!(s.wait_idle(Duration::from_secs(120)));
+    assert_eq!(s.take_finished().len(), 24);
+}

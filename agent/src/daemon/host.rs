@@ -57,7 +57,12 @@ pub fn build(
         hostname: sysinfo::System::host_name().unwrap_or_else(|| "localhost".into()),
         node_id: o.node,
         backend: server.with_hmm(|h| h.backend().kind().to_string()),
-        model: server.active().model.name.clone(),
+        model: server
+            .try_active()
+            .map_err(|e| CliError::new(exit::REFUSED, e))?
+            .model
+            .name
+            .clone(),
     };
     let daemon = Daemon::new(server, facts, Topology::uniform(bw, bw), readonly, token);
     Ok((daemon, vocab))

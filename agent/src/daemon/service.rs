@@ -70,7 +70,7 @@ impl AgentService {
         + 'static,
     ) -> Result<u64, Status> {
         let d = &self.daemon;
-        let from = d.server.active().config;
+        let from = active_config(d)?;
         let mut st = d.lock();
         if let Some(id) = Daemon::running_op(&st) {
             return Err(Status::failed_precondition(format!(
@@ -266,7 +266,14 @@ impl Agent for AgentService {
                 .map_err(|e| Status::invalid_argument(format!("strategy: {e}")))?
         };
         // Refuse an impossible target now, with its rule, rather than as a failed operation.
-        let from = self.daemon.server.active().config;
+        // One operation at a time is the rule that applies first (a cold restart has no active
+        // instance to compare with while it runs).
+        if let Some(id) = Daemon::running_op(&self.daemon.lock()) {
+            return Err(Status::failed_precondition(format!(
+                "operation {id} is already running: one scaling operation at a time"
+            )));
+        }
+        let from = active_config(&self.daemon)?;
         if from.tp() != to.tp() {
             return Err(Status::invalid_argument(format!(
                 "TP is fixed: target {to} has TP {}, the instance runs TP {}",
@@ -317,7 +324,7 @@ impl Agent for AgentService {
                 "replicas: at most 64 redundant experts per layer, got {replicas}"
             )));
         }
-        let to = self.daemon.server.active().config;
+        let to = active_config(&self.daemon)?;
         let id = self.start("rebalance", to, Strategy::Elastic, move |d, cancel| {
             let load = d
                 .server
@@ -334,4 +341,12 @@ impl Agent for AgentService {
         })?;
         Ok(Response::new(proto::ScaleReply { operation: id }))
     }
+}
+
+/// The active instance's config, or `Unavailable` while a cold restart reloads it.
+fn active_config(d: &Daemon) -> Result<ParallelConfig, Status> {
+    d.server
+        .try_active()
+        .map(|a| a.config)
+        .map_err(|e| Status::unavailable(e.to_string()))
 }

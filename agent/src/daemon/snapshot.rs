@@ -106,10 +106,10 @@ impl Daemon {
             .collect();
         let active = server.active();
         let load = server.expert_load();
+        // Empty while a cold restart has no active instance.
         let placement = active
-            .placement
-            .layers
             .iter()
+            .flat_map(|a| a.placement.layers.iter())
             .map(|(l, experts)| proto::LayerPlacement {
                 layer: *l,
                 experts: experts

@@ -159,8 +159,9 @@ pub fn drive(
     for st in steps {
         let _ = server.pre_initialize(st.to);
     }
-    if let Some(a) = autoscale {
-        let cfg = server.active().config;
+    if let Some(a) = autoscale
+        && let Some(cfg) = server.active().map(|d| d.config)
+    {
         for dp in a.min_dp..=a.max_dp {
             if let Ok(c) = ParallelConfig::from_dp_tp(dp, cfg.tp())
                 && c != cfg
@@ -246,7 +247,10 @@ pub fn drive(
                 if now - last_step < a.cooldown.as_secs_f64() {
                     continue;
                 }
-                let cfg = server.active().config;
+                // No active instance while a cold restart reloads: decide next time.
+                let Some(cfg) = server.active().map(|d| d.config) else {
+                    continue;
+                };
                 let load = server.pending() as f64 / f64::from(cfg.dp().max(1));
                 let dp = if load > a.up_queue && cfg.dp() < a.max_dp {
                     cfg.dp() + 1

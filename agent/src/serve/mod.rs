@@ -371,7 +371,7 @@ impl Server {
     /// [`Standby::CAPACITY`]) and fill the backend's pre-allocated pool with what a step to it
     /// would allocate, so the step skips both. Returns the seconds it took.
     pub fn pre_initialize(&self, config: ParallelConfig) -> Result<f64, ServeError> {
-        let active = self.active();
+        let active = self.try_active()?;
         let t = Instant::now();
         let engine = Arc::new(Engine::new(&active.model, config.tp())?);
         if self.shared.opts.pre_init && config != active.config {
@@ -496,10 +496,24 @@ impl Server {
         }
     }
 
-    /// The active instance's deployment.
-    pub fn active(&self) -> Arc<Deployment> {
+    /// The active instance's deployment; `None` while a cold restart has released the old
+    /// instance and not yet loaded the new one.
+    pub fn active(&self) -> Option<Arc<Deployment>> {
         let st = self.shared.lock();
-        Arc::clone(&st.instances[&st.active].deployment)
+        st.instances
+            .get(&st.active)
+            .map(|i| Arc::clone(&i.deployment))
+    }
+
+    /// The active instance's deployment, or a refusal naming why there is none.
+    pub fn try_active(&self) -> Result<Arc<Deployment>, ServeError> {
+        self.active().ok_or_else(|| {
+            ServeError::Refused(
+                "no active instance: a cold restart is reloading the model; try again when it \
+                 is done"
+                    .into(),
+            )
+        })
     }
 
     /// Per MoE layer, tokens routed to each expert since the start.

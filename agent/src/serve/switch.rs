@@ -45,7 +45,7 @@ impl Server {
         policy: Policy,
         topology: &Topology,
     ) -> Result<Plan, ServeError> {
-        let dep = self.active();
+        let dep = self.try_active()?;
         let scaling = self.shared.lock().scaling;
         let hmm = self.shared.read();
         let pool = pool_state(&hmm);
@@ -116,7 +116,7 @@ impl Server {
                 self.transition_step(&p, &cold, Join::Replace, cancel)
             }
             Strategy::Horizontal => {
-                let from = self.active().config;
+                let from = self.try_active()?.config;
                 if to.devices() < from.devices() {
                     return Err(ServeError::Refused(
                         "horizontal scaling adds a whole replica; it has no scale-down step".into(),
@@ -253,7 +253,16 @@ impl Server {
         };
         let (old_id, old) = {
             let st = sh.lock();
-            (st.active, Arc::clone(&st.instances[&st.active].deployment))
+            let dep = st
+                .instances
+                .get(&st.active)
+                .map(|i| Arc::clone(&i.deployment))
+                .ok_or_else(|| {
+                    ServeError::Refused(
+                        "no active instance (a cold restart failed to reload it)".into(),
+                    )
+                })?;
+            (st.active, dep)
         };
         let devices = self.reset_peaks();
         let mut times = PhaseTimes::default();
@@ -449,7 +458,16 @@ impl Server {
         let devices = self.reset_peaks();
         let (old_id, old) = {
             let st = sh.lock();
-            (st.active, Arc::clone(&st.instances[&st.active].deployment))
+            let dep = st
+                .instances
+                .get(&st.active)
+                .map(|i| Arc::clone(&i.deployment))
+                .ok_or_else(|| {
+                    ServeError::Refused(
+                        "no active instance (a cold restart failed to reload it)".into(),
+                    )
+                })?;
+            (st.active, dep)
         };
         let needed = to.devices() as usize;
         let to_devices: Vec<DeviceId> = {

@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::tmux::{Tmux, have_tmux};
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -338,67 +340,6 @@ fn inventory_error_names_the_line_of_the_bad_addr() {
     );
 }
 
-struct Tmux {
-    socket: String,
-}
-
-impl Tmux {
-    fn run(&self, args: &[&str]) -> String {
-        let out = Command::new("tmux")
-            .arg("-L")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .expect("run tmux");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn screen(&self) -> String {
-        self.run(&["capture-pane", "-p", "-t", "emoe"])
-    }
-
-    /// Wait until the screen shows `what`; panics with the screen after `secs`.
-    fn wait_for(&self, what: &str, secs: u64) -> String {
-        self.wait_until(what, secs, |s| s.contains(what))
-    }
-
-    /// Wait until `ok(screen)`; panics with `what` and the screen after `secs`.
-    fn wait_until(&self, what: &str, secs: u64, ok: impl Fn(&str) -> bool) -> String {
-        let end = Instant::now() + Duration::from_secs(secs);
-        loop {
-            let s = self.screen();
-            if ok(&s) {
-                return s;
-            }
-            if Instant::now() > end {
-                panic!("`{what}` did not appear within {secs} s; the screen:\n{s}");
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        // kill-server leaves the socket file behind (tmux 3.3): remove it too.
-        let path = self.run(&["display-message", "-p", "#{socket_path}"]);
-        let _ = Command::new("tmux")
-            .args(["-L", &self.socket, "kill-server"])
-            .output();
-        let path = path.trim();
-        if path.ends_with(&self.socket) {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
-fn have_tmux() -> bool {
-    Command::new("tmux")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 /// Kills (SIGKILL) the process whose pid is in `file`, if it is still `exe`, when dropped.
 struct PidFileGuard {
     file: PathBuf,
@@ -454,9 +395,7 @@ fn stale_then_live_then_stale_and_sigterm_restores() {
         file: env.path("emoe.pid"),
         exe: std::fs::canonicalize(&emoe).expect("emoe path"),
     };
-    let tmux = Tmux {
-        socket: format!("emoe-links-{}", std::process::id()),
-    };
+    let tmux = Tmux::new("links");
     // `exec` keeps emoe on the terminal (a job put in the background would get /dev/null for
     // stdin) and its pid the one written.
     let cmd = format!(

@@ -5,81 +5,9 @@
 
 mod common;
 
+use common::tmux::{Tmux, have_tmux};
+
 use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant};
-
-struct Tmux {
-    socket: String,
-}
-
-impl Tmux {
-    fn run(&self, args: &[&str]) -> String {
-        let out = Command::new("tmux")
-            .arg("-L")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .expect("run tmux");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn screen(&self) -> String {
-        self.run(&["capture-pane", "-p", "-t", "emoe"])
-    }
-
-    fn keys(&self, keys: &[&str]) {
-        let mut args = vec!["send-keys", "-t", "emoe"];
-        args.extend_from_slice(keys);
-        self.run(&args);
-    }
-
-    /// Wait until the screen shows `what`; panics with the screen after `secs`.
-    fn wait_for(&self, what: &str, secs: u64) -> String {
-        self.wait_until(what, secs, |s| s.contains(what))
-    }
-
-    /// Wait until `ok(screen)`; panics with `what` and the screen after `secs`.
-    fn wait_until(&self, what: &str, secs: u64, ok: impl Fn(&str) -> bool) -> String {
-        let end = Instant::now() + Duration::from_secs(secs);
-        loop {
-            let s = self.screen();
-            if ok(&s) {
-                return s;
-            }
-            if Instant::now() > end {
-                panic!("`{what}` did not appear within {secs} s; the screen:\n{s}");
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["-L", &self.socket, "kill-server"])
-            .output();
-        // tmux 3.3 leaves its socket file behind.
-        let uid = uid();
-        let _ = std::fs::remove_file(format!("/tmp/tmux-{uid}/{}", self.socket));
-    }
-}
-
-fn uid() -> String {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
-}
-
-fn have_tmux() -> bool {
-    Command::new("tmux")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
 
 #[test]
 fn console_scales_up_from_the_keyboard_and_restores_the_terminal() {
@@ -90,9 +18,7 @@ fn console_scales_up_from_the_keyboard_and_restores_the_terminal() {
     let emoe = common::bin("emoe");
     let cache = tempfile::tempdir().unwrap();
     let config = tempfile::tempdir().unwrap();
-    let tmux = Tmux {
-        socket: format!("emoe-test-{}", std::process::id()),
-    };
+    let tmux = Tmux::new("test");
     let cmd = format!(
         "EMOE_CACHE_DIR={} EMOE_CONFIG_DIR={} TERM=xterm-256color {}; echo EMOE-EXITED $?; sleep 60",
         cache.path().display(),

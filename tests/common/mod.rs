@@ -1,5 +1,8 @@
 //! Shared helpers for the end-to-end tests: the workspace's real binaries.
 
+#[allow(dead_code)] // only the console's tests drive a terminal
+pub mod tmux;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;

@@ -134,6 +134,20 @@ pub struct App {
     pub hits: Hits,
 }
 
+/// Edit `text` with `k` (a character or backspace); whether it changed.
+fn edit(text: &mut String, k: &KeyEvent) -> bool {
+    if k.code == KeyCode::Backspace {
+        return text.pop().is_some();
+    }
+    match text_key(k) {
+        Some(c) => {
+            text.push(c);
+            true
+        }
+        None => false,
+    }
+}
+
 fn text_key(k: &KeyEvent) -> Option<char> {
     match k.code {
         KeyCode::Char(c)
@@ -298,13 +312,8 @@ impl App {
                     self.filtering = false;
                     self.filter.clear();
                 }
-                KeyCode::Backspace => {
-                    self.filter.pop();
-                }
                 _ => {
-                    if let Some(c) = text_key(&k) {
-                        self.filter.push(c);
-                    }
+                    edit(&mut self.filter, &k);
                 }
             }
             return;
@@ -321,13 +330,8 @@ impl App {
                     }
                     KeyCode::Up => *selected = selected.saturating_sub(1),
                     KeyCode::Down => *selected += 1,
-                    KeyCode::Backspace => {
-                        input.pop();
-                        *selected = 0;
-                    }
                     _ => {
-                        if let Some(c) = text_key(&k) {
-                            input.push(c);
+                        if edit(input, &k) {
                             *selected = 0;
                         }
                     }
@@ -344,13 +348,8 @@ impl App {
                         }
                         Err(e) => *error = Some(e.to_string()),
                     },
-                    KeyCode::Backspace => {
-                        input.pop();
-                    }
                     _ => {
-                        if let Some(c) = text_key(&k) {
-                            input.push(c);
-                        }
+                        edit(input, &k);
                     }
                 }
                 return;

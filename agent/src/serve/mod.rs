@@ -497,23 +497,29 @@ impl Server {
     }
 
     /// The active instance's deployment; `None` while a cold restart has released the old
-    /// instance and not yet loaded the new one.
+    /// instance and not yet loaded the new one (or failed to).
     pub fn active(&self) -> Option<Arc<Deployment>> {
-        let st = self.shared.lock();
-        st.instances
-            .get(&st.active)
-            .map(|i| Arc::clone(&i.deployment))
+        self.active_entry().ok().map(|(_, d)| d)
     }
 
     /// The active instance's deployment, or a refusal naming why there is none.
     pub fn try_active(&self) -> Result<Arc<Deployment>, ServeError> {
-        self.active().ok_or_else(|| {
-            ServeError::Refused(
-                "no active instance: a cold restart is reloading the model; try again when it \
-                 is done"
-                    .into(),
-            )
-        })
+        self.active_entry().map(|(_, d)| d)
+    }
+
+    /// The active instance's id and deployment.
+    pub(crate) fn active_entry(&self) -> Result<(u64, Arc<Deployment>), ServeError> {
+        let st = self.shared.lock();
+        st.instances
+            .get(&st.active)
+            .map(|i| (st.active, Arc::clone(&i.deployment)))
+            .ok_or_else(|| {
+                ServeError::Refused(
+                    "no active instance: a cold restart is reloading the model (or failed to); \
+                     try again when it is done"
+                        .into(),
+                )
+            })
     }
 
     /// Per MoE layer, tokens routed to each expert since the start.

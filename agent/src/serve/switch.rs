@@ -251,19 +251,7 @@ impl Server {
                 phase: p,
             })
         };
-        let (old_id, old) = {
-            let st = sh.lock();
-            let dep = st
-                .instances
-                .get(&st.active)
-                .map(|i| Arc::clone(&i.deployment))
-                .ok_or_else(|| {
-                    ServeError::Refused(
-                        "no active instance (a cold restart failed to reload it)".into(),
-                    )
-                })?;
-            (st.active, dep)
-        };
+        let (old_id, old) = self.active_entry()?;
         let devices = self.reset_peaks();
         let mut times = PhaseTimes::default();
         phase(Phase::Preparing);
@@ -456,19 +444,7 @@ impl Server {
             })
         };
         let devices = self.reset_peaks();
-        let (old_id, old) = {
-            let st = sh.lock();
-            let dep = st
-                .instances
-                .get(&st.active)
-                .map(|i| Arc::clone(&i.deployment))
-                .ok_or_else(|| {
-                    ServeError::Refused(
-                        "no active instance (a cold restart failed to reload it)".into(),
-                    )
-                })?;
-            (st.active, dep)
-        };
+        let (old_id, old) = self.active_entry()?;
         let needed = to.devices() as usize;
         let to_devices: Vec<DeviceId> = {
             let mut t: Vec<DeviceId> = old.devices.iter().map(|r| r.device).collect();

@@ -91,16 +91,7 @@ fn cells<'a>(
 
 pub fn draw(f: &mut Frame, area: Rect, c: &Ctx, hits: &mut Hits) {
     let t = c.theme();
-    let Some(n) = c.app.selected_node() else {
-        return;
-    };
-    let Some(s) = n.snap.as_ref() else {
-        f.render_widget(
-            Paragraph::new("waiting for the node's state…")
-                .style(t.dim)
-                .block(c.block(format!(" Memory of {} ", n.name()))),
-            area,
-        );
+    let Some((n, s)) = c.node_state(f, area, "Memory") else {
         return;
     };
     let ndev = s.devices.len().max(1);

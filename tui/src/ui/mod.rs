@@ -29,7 +29,7 @@ pub struct Ctx<'a> {
     pub g: &'static Glyphs,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
     pub fn theme(&self) -> &crate::config::Theme {
         &self.app.settings.theme
     }
@@ -41,6 +41,29 @@ impl Ctx<'_> {
             .border_set(self.g.border)
             .border_style(self.theme().border)
             .title(title.into().style(self.theme().title))
+    }
+
+    /// The selected node and its state; without a state yet, draws `title` with a waiting
+    /// message over `area` and returns `None`.
+    pub fn node_state(
+        &self,
+        f: &mut Frame,
+        area: Rect,
+        title: &str,
+    ) -> Option<(&'a NodeView, &'a emoe_agent::daemon::proto::Snapshot)> {
+        let n = self.app.selected_node()?;
+        match n.snap.as_ref() {
+            Some(s) => Some((n, s)),
+            None => {
+                f.render_widget(
+                    Paragraph::new("waiting for the node's state…")
+                        .style(self.theme().dim)
+                        .block(self.block(format!(" {title} of {} ", n.name()))),
+                    area,
+                );
+                None
+            }
+        }
     }
 
     /// Does `text` pass the view's filter (case-insensitive substring)?

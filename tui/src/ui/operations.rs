@@ -25,16 +25,7 @@ pub fn eta(o: &proto::Operation) -> Option<f64> {
 
 pub fn draw(f: &mut Frame, area: Rect, c: &Ctx, hits: &mut Hits) {
     let t = c.theme();
-    let Some(n) = c.app.selected_node() else {
-        return;
-    };
-    let Some(s) = n.snap.as_ref() else {
-        f.render_widget(
-            Paragraph::new("waiting for the node's state…")
-                .style(t.dim)
-                .block(c.block(" Operations ")),
-            area,
-        );
+    let Some((n, s)) = c.node_state(f, area, "Operations") else {
         return;
     };
     // Newest first.

@@ -14,16 +14,7 @@ use crate::model::migration_target;
 
 pub fn draw(f: &mut Frame, area: Rect, c: &Ctx, hits: &mut Hits) {
     let t = c.theme();
-    let Some(n) = c.app.selected_node() else {
-        return;
-    };
-    let Some(s) = n.snap.as_ref() else {
-        f.render_widget(
-            Paragraph::new("waiting for the node's state…")
-                .style(t.dim)
-                .block(c.block(" Expert placement ")),
-            area,
-        );
+    let Some((n, s)) = c.node_state(f, area, "Experts") else {
         return;
     };
     let dev_index = |id: &str| s.devices.iter().position(|d| d.id == id).unwrap_or(0);

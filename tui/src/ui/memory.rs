@@ -112,12 +112,34 @@ pub fn draw(f: &mut Frame, area: Rect, c: &Ctx, hits: &mut Hits) {
         .max()
         .unwrap_or(1)
         .max(1);
-    let per_cell = cap.div_ceil((cells_w * per) as u64).max(1);
+    // When the devices are mostly empty, map only the addresses in use (up to the highest
+    // region end on any device) so small regions stay visible; the rest is free.
+    let top_end = s
+        .devices
+        .iter()
+        .flat_map(|d| d.regions.iter().map(|r| r.offset + r.size))
+        .max()
+        .unwrap_or(0);
+    let span = if top_end == 0 || top_end.saturating_mul(4) > cap {
+        cap
+    } else {
+        top_end
+    };
+    let per_cell = span.div_ceil((cells_w * per) as u64).max(1);
     let block = c.block(format!(
-        " Memory map of {}: {} devices, one cell = {} ",
+        " Memory map of {}: {} devices, one cell = {}{} ",
         n.name(),
         s.devices.len(),
-        fmt::bytes(per_cell)
+        fmt::bytes(per_cell),
+        if span < cap {
+            format!(
+                ", the first {} of {} (the rest free)",
+                fmt::bytes(span),
+                fmt::bytes(cap)
+            )
+        } else {
+            String::new()
+        }
     ));
     let inner = block.inner(top);
     f.render_widget(block, top);

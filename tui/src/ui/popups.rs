@@ -158,7 +158,14 @@ pub fn draw(f: &mut Frame, area: Rect, c: &Ctx) {
                     lines.push(row("P2P copies", fmt::bytes(p.p2p_bytes)));
                     lines.push(row("experts moved", p.experts_moved.to_string()));
                     lines.push(row("steps", p.steps.to_string()));
-                    lines.push(row("predicted time", fmt::secs(p.predicted_seconds)));
+                    lines.push(row(
+                        "predicted time",
+                        if p.predicted_seconds < 1.0 {
+                            fmt::ms(p.predicted_seconds)
+                        } else {
+                            fmt::secs(p.predicted_seconds)
+                        },
+                    ));
                     lines.push(Line::styled("predicted peak per device:", t.header));
                     let mut peaks: Vec<(&String, &u64)> = p.predicted_peak_bytes.iter().collect();
                     peaks.sort();

@@ -1,9 +1,9 @@
 //! The characters the console draws with: Unicode by default, plain ASCII with `--ascii` (for
 //! terminals and fonts without box drawing or block elements).
 
-use ratatui::symbols::border;
+use ratatui::symbols::{bar, border};
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Glyphs {
     pub border: border::Set<'static>,
     /// Eight levels from empty to full (sparklines, per-device usage cells).
@@ -20,6 +20,8 @@ pub struct Glyphs {
     pub bad: &'static str,
     /// Memory map cells: non-expert, expert, KV.
     pub kinds: [&'static str; 3],
+    /// Bars of multi-row sparklines.
+    pub bars: bar::Set<'static>,
 }
 
 const ASCII_BORDER: border::Set<'static> = border::Set {
@@ -45,6 +47,7 @@ pub const UNICODE: Glyphs = Glyphs {
     ok: "✓",
     bad: "✗",
     kinds: ["▓", "█", "▒"],
+    bars: bar::NINE_LEVELS,
 };
 
 pub const ASCII: Glyphs = Glyphs {
@@ -59,6 +62,17 @@ pub const ASCII: Glyphs = Glyphs {
     ok: "ok",
     bad: "x",
     kinds: ["N", "E", "k"],
+    bars: bar::Set {
+        full: "#",
+        seven_eighths: "#",
+        three_quarters: "=",
+        five_eighths: "=",
+        half: "-",
+        three_eighths: "-",
+        one_quarter: ".",
+        one_eighth: ".",
+        empty: " ",
+    },
 };
 
 impl Glyphs {

@@ -4,7 +4,7 @@
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Cell, Paragraph, Row, Table};
+use ratatui::widgets::{Cell, Paragraph, Row, Sparkline, Table};
 
 use super::{Ctx, fmt};
 use crate::app::Hits;
@@ -57,15 +57,7 @@ pub fn draw(f: &mut Frame, area: Rect, c: &Ctx, hits: &mut Hits) {
             h.iter().map(|s| (s.queued + s.running) as f64).collect(),
         ),
     ];
-    let mut lines = Vec::new();
-    for (name, now, vals) in &series {
-        lines.push(Line::from(vec![
-            Span::styled(format!("{name:<14}"), t.header),
-            Span::styled(format!("{now:>9} "), t.text),
-            Span::styled(c.g.spark(vals, spark_w), t.spark),
-        ]));
-    }
-    lines.push(Line::styled(
+    let footer = Line::styled(
         format!(
             "TTFT p99 {}   TPOT p99 {}   {} samples",
             fmt::ms(last.ttft_p99_s),
@@ -73,8 +65,62 @@ pub fn draw(f: &mut Frame, area: Rect, c: &Ctx, hits: &mut Hits) {
             h.len()
         ),
         t.dim,
-    ));
-    f.render_widget(Paragraph::new(lines), inner);
+    );
+    let each = inner.height.saturating_sub(1) / series.len() as u16;
+    if each >= 3 {
+        // Room for charts: a label line and a multi-row sparkline per series.
+        let mut rows: Vec<Constraint> = series.iter().map(|_| Constraint::Length(each)).collect();
+        rows.push(Constraint::Length(1));
+        let areas = Layout::vertical(rows).split(inner);
+        for (i, (name, now, vals)) in series.iter().enumerate() {
+            let [label, chart] =
+                Layout::vertical([Constraint::Length(1), Constraint::Min(1)]).areas(areas[i]);
+            f.render_widget(
+                Paragraph::new(Line::from(vec![
+                    Span::styled(format!("{name:<14}"), t.header),
+                    Span::styled(now.clone(), t.text),
+                ])),
+                label,
+            );
+            // Scaled to the window's maximum; NaN (no SLO) draws nothing.
+            let max = vals
+                .iter()
+                .copied()
+                .filter(|v| v.is_finite())
+                .fold(0.0, f64::max);
+            let start = vals.len().saturating_sub(chart.width as usize);
+            let data: Vec<u64> = vals[start..]
+                .iter()
+                .map(|v| {
+                    if v.is_finite() && max > 0.0 {
+                        (v / max * 1000.0).round() as u64
+                    } else {
+                        0
+                    }
+                })
+                .collect();
+            f.render_widget(
+                Sparkline::default()
+                    .data(&data)
+                    .max(1000)
+                    .style(t.spark)
+                    .bar_set(c.g.bars.clone()),
+                chart,
+            );
+        }
+        f.render_widget(Paragraph::new(footer), areas[series.len()]);
+    } else {
+        let mut lines = Vec::new();
+        for (name, now, vals) in &series {
+            lines.push(Line::from(vec![
+                Span::styled(format!("{name:<14}"), t.header),
+                Span::styled(format!("{now:>9} "), t.text),
+                Span::styled(c.g.spark(vals, spark_w), t.spark),
+            ]));
+        }
+        lines.push(footer);
+        f.render_widget(Paragraph::new(lines), inner);
+    }
 
     let block = c.block(" Instances ");
     let inner = block.inner(inst);

@@ -93,3 +93,32 @@ fn unbound_keys_and_keys_in_text_inputs_change_nothing_else() {
     a.on_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL));
     assert!(a.quit);
 }
+
+#[test]
+fn cancel_targets_the_running_operation_and_rebalance_asks_first() {
+    use emoe_tui::app::Popup;
+    use emoe_tui::conn::NodeCmd;
+    let shape = Shape {
+        scaling: true,
+        ..Shape::SMALL
+    };
+    let mut a = App::new(fixture::cluster(&shape), Settings::default(), false);
+    // Node 0 has operation 2 preparing: `c` cancels it, no dialog (a cancel rolls back).
+    a.on_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::NONE));
+    assert_eq!(a.outbox, vec![(0, NodeCmd::Cancel(2))]);
+    a.outbox.clear();
+    // Rebalance goes through the confirm dialog; `n` sends nothing.
+    a.on_key(KeyEvent::new(KeyCode::Char('r'), KeyModifiers::NONE));
+    assert!(matches!(a.popup, Some(Popup::Confirm { .. })));
+    a.on_key(KeyEvent::new(KeyCode::Char('n'), KeyModifiers::NONE));
+    assert!(a.popup.is_none());
+    assert!(a.outbox.is_empty());
+    a.on_key(KeyEvent::new(KeyCode::Char('r'), KeyModifiers::NONE));
+    a.on_key(KeyEvent::new(KeyCode::Char('y'), KeyModifiers::NONE));
+    assert_eq!(a.outbox, vec![(0, NodeCmd::Rebalance(0))]);
+    // Without a running operation, `c` says so and sends nothing.
+    let mut idle = app();
+    idle.on_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::NONE));
+    assert!(idle.outbox.is_empty());
+    assert!(idle.toast.as_ref().is_some_and(|t| t.error));
+}

@@ -13,7 +13,10 @@ pub fn bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "--workspace", "--bins"]);
+        // `--tests` resolves features as `cargo test` does (dev-dependencies included), so the
+        // binaries `cargo test` already built are reused instead of rebuilding their
+        // dependencies with another feature set.
+        cmd.args(["build", "--workspace", "--bins", "--tests"]);
         if !cfg!(debug_assertions) {
             cmd.arg("--release");
         }

@@ -408,17 +408,7 @@ fn stale_then_live_then_stale_and_sigterm_restores() {
         emoe = quoted(&emoe),
         sock = quoted(&sock),
     );
-    tmux.run(&[
-        "new-session",
-        "-d",
-        "-s",
-        "emoe",
-        "-x",
-        "120",
-        "-y",
-        "40",
-        &cmd,
-    ]);
+    tmux.start(&cmd, 120, 40);
     let pid = guard.wait(30);
 
     // No agent yet: the node is stale, under its address.

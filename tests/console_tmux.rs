@@ -26,17 +26,7 @@ fn console_scales_up_from_the_keyboard_and_restores_the_terminal() {
         emoe.display()
     );
     assert!(Path::new(&emoe).exists());
-    tmux.run(&[
-        "new-session",
-        "-d",
-        "-s",
-        "emoe",
-        "-x",
-        "120",
-        "-y",
-        "40",
-        &cmd,
-    ]);
+    tmux.start(&cmd, 120, 40);
 
     // The embedded default comes up: the overview with its node live and dp2tp2ep4 active.
     tmux.wait_for("dp2tp2ep4", 120);

@@ -30,6 +30,12 @@ impl Tmux {
         self.run(&["capture-pane", "-p", "-t", "emoe"])
     }
 
+    /// Start the `emoe` session running the shell command `cmd` in a `w`×`h` terminal.
+    pub fn start(&self, cmd: &str, w: u16, h: u16) {
+        let (w, h) = (w.to_string(), h.to_string());
+        self.run(&["new-session", "-d", "-s", "emoe", "-x", &w, "-y", &h, cmd]);
+    }
+
     /// Send keys (tmux key names: `Enter`, `q`, …) to the session.
     pub fn keys(&self, keys: &[&str]) {
         let mut args = vec!["send-keys", "-t", "emoe"];

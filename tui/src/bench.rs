@@ -173,6 +173,7 @@ pub fn run(a: &BenchArgs) -> ExitCode {
             "cpu_percent": 100.0 * cpu / wall,
             "tick_s": 1.0,
             "frames": stats.map(|s| s.frames),
+            "messages": stats.map(|s| s.messages),
         },
     });
     println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());

@@ -20,12 +20,11 @@ pub struct LoopOptions {
     pub synchronized: bool,
 }
 
-/// Frames drawn and messages handled, for tests and the benchmark.
+/// Frames drawn and agent messages handled (the benchmark reports them).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LoopStats {
     pub frames: u64,
     pub messages: u64,
-    pub keys: u64,
 }
 
 fn draw<B: Backend>(t: &mut Terminal<B>, app: &mut App, sync: bool) -> io::Result<()>
@@ -87,7 +86,6 @@ where
                 None => break,
                 Some(Err(e)) => return Err(e),
                 Some(Ok(Event::Key(k))) if k.kind != KeyEventKind::Release => {
-                    stats.keys += 1;
                     app.on_key(k);
                     dirty = true;
                 }

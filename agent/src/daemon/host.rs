@@ -219,11 +219,6 @@ impl Embedded {
     pub fn addr(&self) -> AgentAddr {
         AgentAddr::Unix(self.socket.clone())
     }
-
-    /// The daemon (for in-process inspection).
-    pub fn daemon(&self) -> &Arc<Daemon> {
-        &self.daemon
-    }
 }
 
 impl Drop for Embedded {

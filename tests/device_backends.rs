@@ -4,10 +4,23 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Mutex;
 
+/// Build a stand-in once per test process: tests run in parallel, and one must not load the
+/// library while another rewrites it.
 fn build_shim(source: &str, name: &str) -> PathBuf {
+    static BUILT: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    built
+        .entry(name.to_string())
+        .or_insert_with(|| compile_shim(source, name))
+        .clone()
+}
+
+fn compile_shim(source: &str, name: &str) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("core/tests/shim")
         .join(source);
@@ -168,4 +181,48 @@ fn cuda_backend_carves_logical_devices_from_gpus() {
             .iter()
             .all(|d| !d["regions"].as_array().unwrap().is_empty())
     );
+}
+
+#[test]
+fn cuda_bench_scale_measures_the_drivers_copy_path_and_counts_its_devices() {
+    let cache = tempfile::tempdir().unwrap();
+    let shim = build_shim("cuda_shim.c", "libcuda.so.1");
+    let out = Command::new(common::bin("emoe-agent"))
+        .args([
+            "bench",
+            "scale",
+            "--backend",
+            "cuda",
+            "--logical-per-gpu",
+            "2",
+            "--model",
+            "micro-moe",
+            "--from",
+            "dp1tp2ep2",
+            "--to",
+            "dp2tp2ep4",
+            "--runs",
+            "1",
+            "--json",
+        ])
+        .env("EMOE_CACHE_DIR", cache.path())
+        .env("EMOE_CUDA_LIB", &shim)
+        .env("EMOE_NVML_LIB", &shim)
+        .output()
+        .unwrap();
+    let r = ok_json(&out);
+    assert_eq!(r["backend"], "cuda");
+    // The floor is bytes ÷ the driver's copy rate, not host memcpy's.
+    let path = r["copy_path"].as_str().unwrap();
+    assert!(path.starts_with("cuda device-to-device copy"), "{path}");
+    let copy = r["copy_bytes_per_s"].as_f64().unwrap();
+    assert!(copy > 0.0);
+    let e = &r["strategies"]["elastic"];
+    let moved = e["bytes_moved"].as_u64().unwrap() as f64;
+    let floor = e["floor_s"].as_f64().unwrap();
+    assert!(floor > 0.0 && floor <= moved / copy + 1e-12, "{e}");
+    // Two stand-in GPUs, two logical devices each.
+    for s in ["elastic", "cold-restart"] {
+        assert_eq!(r["strategies"][s]["devices_used"], 4, "{s}");
+    }
 }

@@ -4,7 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use emoe_core::backend::BackendKind;
+use emoe_core::DeviceId;
+use emoe_core::backend::{BackendKind, BackendResult, DeviceBackend};
 use emoe_core::plan::Topology;
 
 /// Assumed intra- and inter-node bandwidths for modeled and vendor backends (bytes/s) until
@@ -26,6 +27,45 @@ pub fn measure_memcpy() -> f64 {
         best = best.min(t.elapsed());
     }
     LEN as f64 / best.as_secs_f64().max(1e-9)
+}
+
+/// Best of a few 64 MiB device-to-device copies through the backend's own copy path (the one
+/// the executor's P2P jobs take), from `src` to `dst`, in bytes copied per second. For vendor
+/// backends this is the figure a scaling step's copies are bound by; host memcpy says nothing
+/// about a GPU's copy engines.
+pub fn measure_backend_copy(
+    backend: &dyn DeviceBackend,
+    src: DeviceId,
+    dst: DeviceId,
+) -> BackendResult<f64> {
+    let granule = backend
+        .devices()
+        .iter()
+        .find(|d| d.id == src)
+        .map_or(1, |d| d.granularity.max(1));
+    let len = (64u64 << 20).div_ceil(granule) * granule;
+    let a = backend.alloc_physical(src, len)?;
+    let b = match backend.alloc_physical(dst, len) {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = backend.free_physical(a);
+            return Err(e);
+        }
+    };
+    let timed = (|| {
+        backend.copy(a, 0, b, 0, len)?; // warm-up: first-touch and lazy driver setup
+        let mut best = Duration::MAX;
+        for _ in 0..5 {
+            let t = Instant::now();
+            backend.copy(a, 0, b, 0, len)?;
+            best = best.min(t.elapsed());
+        }
+        Ok(best)
+    })();
+    let freed = backend.free_physical(a).and(backend.free_physical(b));
+    let best = timed?;
+    freed?;
+    Ok(len as f64 / best.as_secs_f64().max(1e-9))
 }
 
 /// The topology the planner uses for a backend, and where its numbers came from.

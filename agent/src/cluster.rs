@@ -109,7 +109,7 @@ pub const DEFAULT_VIRTUAL_DEVICES: u32 = 8;
 
 /// Open the backend `o.backend` names; `auto` probes ascend, then cuda, then host and says which
 /// it picked on stderr.
-fn build_backend(o: &NodeOptions) -> Result<Arc<dyn DeviceBackend>, CliError> {
+pub fn build_backend(o: &NodeOptions) -> Result<Arc<dyn DeviceBackend>, CliError> {
     let kind = match o.backend.fixed() {
         Some(k) => k,
         None => {

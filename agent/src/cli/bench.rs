@@ -15,13 +15,14 @@ use serde::Serialize;
 
 use emoe_core::DeviceId;
 use emoe_core::ParallelConfig;
+use emoe_core::backend::BackendKind;
 use emoe_core::deploy::{DeployOptions, Deployment};
 use emoe_core::plan::{self, Plan, PlanInput, Policy, Topology};
 use emoe_core::scale::{self, Strategy, TransitionOptions, pool_state};
 
 use super::{NodeArgs, parse_size};
-use crate::bandwidth::{measure_memcpy, topology_for};
-use crate::cluster::{DEFAULT_VIRTUAL_DEVICES, Node, NodeOptions};
+use crate::bandwidth::{measure_backend_copy, measure_memcpy, topology_for};
+use crate::cluster::{DEFAULT_VIRTUAL_DEVICES, Node, NodeOptions, build_backend};
 use crate::exit::{self, CliError};
 use crate::plot::{Marker, Series, write_svg};
 use crate::scale::{ExecOptions, PhaseTimes, run_elastic};
@@ -74,6 +75,10 @@ pub struct ScaleArgs {
     /// Copies in flight at once per link (source device → destination device).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub copies_per_link: u32,
+    /// Threads that run copy jobs (default: the machine's parallelism; never more than the
+    /// backend's copy queues, one stream per GPU or NPU).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub copy_workers: Option<u32>,
     /// Serve traffic while scaling: Poisson requests/s (e.g. `4`), or a TOML file whose
     /// `[traffic]` table gives the traffic. Adds throughput before/during/after and downtime.
     #[arg(long, value_name = "RATE|FILE")]
@@ -181,7 +186,8 @@ pub(super) struct StrategyReport {
     pub(super) devices_involved: usize,
     /// Devices of the node the strategy ran on.
     pub(super) devices_used: usize,
-    /// Elastic only: bytes that had to move ÷ the memcpy bandwidth measured in this run.
+    /// Elastic only: bytes that had to move ÷ the copy bandwidth measured in this run (host
+    /// memcpy on the host backend, the driver's device-to-device copy on cuda and ascend).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) floor_s: Option<f64>,
     /// Elastic only: median seconds per phase.
@@ -221,8 +227,13 @@ pub(super) struct ScaleReport {
     pub(super) from: ParallelConfig,
     pub(super) to: ParallelConfig,
     pub(super) runs: u32,
-    /// Host backend: the device-to-device path is a memcpy, measured in this run.
+    /// Host memcpy, measured in this run (the host backend's device-to-device path).
     pub(super) memcpy_bytes_per_s: f64,
+    /// The backend's own device-to-device copy rate, measured in this run: `floor_s` and the
+    /// planner's time model use it. Equal to `memcpy_bytes_per_s` on host and modeled.
+    pub(super) copy_bytes_per_s: f64,
+    /// What `copy_bytes_per_s` measured.
+    pub(super) copy_path: String,
     pub(super) strategies: BTreeMap<String, StrategyReport>,
     /// Strategies that could not run, with the reason.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -554,9 +565,41 @@ pub(super) fn scale_report(a: &ScaleArgs) -> Result<ScaleReport, CliError> {
     }
     let base = a.node.options();
     let given = base.devices;
-    let bw = measure_memcpy();
+    let memcpy_bw = measure_memcpy();
+    // The backend once before the runs: its kind, its device count, and (vendor backends) its
+    // own copy rate, which host memcpy says nothing about.
+    let (kind, backend_devices, bw, copy_path) = {
+        let probe = build_backend(&base)?;
+        let kind = probe.kind();
+        let n = probe.devices().len();
+        match kind {
+            BackendKind::Host => (kind, n, memcpy_bw, "host memcpy".to_string()),
+            BackendKind::Modeled => (
+                kind,
+                n,
+                memcpy_bw,
+                "host memcpy (modeled backend: no bytes move)".to_string(),
+            ),
+            BackendKind::Ascend | BackendKind::Cuda => {
+                let first = base.first_device.min(n.saturating_sub(1) as u32);
+                let src = DeviceId::new(base.node, first);
+                let dst = DeviceId::new(base.node, (first + 1).min(n.saturating_sub(1) as u32));
+                let bw =
+                    measure_backend_copy(probe.as_ref(), src, dst).map_err(CliError::failed)?;
+                (
+                    kind,
+                    n,
+                    bw,
+                    format!("{kind} device-to-device copy {src} → {dst}"),
+                )
+            }
+        }
+    };
     let exec = ExecOptions {
         copies_per_link: a.copies_per_link as usize,
+        workers: a
+            .copy_workers
+            .map_or(ExecOptions::default().workers, |w| w as usize),
         transition: TransitionOptions {
             // Checksums are checked once per run after the step, not inside the timed copies.
             verify: false,
@@ -570,7 +613,9 @@ pub(super) fn scale_report(a: &ScaleArgs) -> Result<ScaleReport, CliError> {
         from,
         to: a.to,
         runs: a.runs,
-        memcpy_bytes_per_s: bw,
+        memcpy_bytes_per_s: memcpy_bw,
+        copy_bytes_per_s: bw,
+        copy_path,
         strategies: BTreeMap::new(),
         skipped: BTreeMap::new(),
         notes: Vec::new(),
@@ -588,10 +633,7 @@ pub(super) fn scale_report(a: &ScaleArgs) -> Result<ScaleReport, CliError> {
     for &s in &a.strategies.0 {
         let need = s.devices_needed(from, a.to) as u32 + base.first_device;
         let mut o = base.clone();
-        let virtual_backend = matches!(
-            o.backend.fixed(),
-            Some(emoe_core::backend::BackendKind::Host | emoe_core::backend::BackendKind::Modeled)
-        );
+        let virtual_backend = matches!(kind, BackendKind::Host | BackendKind::Modeled);
         if virtual_backend {
             o.devices = Some(given.unwrap_or(DEFAULT_VIRTUAL_DEVICES).max(need));
         }
@@ -656,7 +698,11 @@ pub(super) fn scale_report(a: &ScaleArgs) -> Result<ScaleReport, CliError> {
                 peak_bytes: last.peaks.values().copied().max().unwrap_or(0),
                 peak_total_bytes: last.peaks.values().sum(),
                 devices_involved: last.peaks.len(),
-                devices_used: o.devices.unwrap_or(0) as usize,
+                devices_used: if virtual_backend {
+                    o.devices.unwrap_or(0) as usize
+                } else {
+                    backend_devices
+                },
                 floor_s: last.floor_bytes.map(|b| b as f64 / bw),
                 phases,
                 vs_elastic: None,
@@ -681,10 +727,7 @@ pub(super) fn scale_report(a: &ScaleArgs) -> Result<ScaleReport, CliError> {
             r.vs_elastic = Some(r.latency_s / e);
         }
     }
-    let kind = base
-        .backend
-        .fixed()
-        .map_or("auto".to_string(), |k| k.to_string());
+    let kind = kind.to_string();
     report.backend = kind.clone();
     if kind == "cuda" && base.logical_per_gpu > 1 {
         report.notes.push(format!(
@@ -795,13 +838,14 @@ fn add_traffic_figures(
 pub(super) fn print_scale_table(r: &ScaleReport) {
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
     println!(
-        "{} {} → {} on {} ({} runs each; memcpy {:.1} GB/s)",
+        "{} {} → {} on {} ({} runs each; {} {:.1} GB/s)",
         r.model,
         r.from,
         r.to,
         r.backend,
         r.runs,
-        r.memcpy_bytes_per_s / 1e9
+        r.copy_path,
+        r.copy_bytes_per_s / 1e9
     );
     println!(
         "{:<13} {:>10} {:>9} {:>11} {:>11} {:>8} {:>9}",

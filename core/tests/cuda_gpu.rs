@@ -107,6 +107,13 @@ fn gpu_driver_rules_come_back_named() {
 }
 
 #[test]
+fn gpu_pool_serves_allocations_without_the_driver() {
+    if let Some(b) = open() {
+        pool(b);
+    }
+}
+
+#[test]
 fn shim_hmm_round_trip() {
     hmm_round_trip(open_shim());
 }
@@ -119,6 +126,11 @@ fn shim_export_and_import_share_the_same_memory() {
 #[test]
 fn shim_driver_rules_come_back_named() {
     driver_rules(open_shim());
+}
+
+#[test]
+fn shim_pool_serves_allocations_without_the_driver() {
+    pool(open_shim());
 }
 
 #[test]
@@ -152,6 +164,41 @@ fn shim_devices_peers_and_telemetry() {
     assert_eq!(t.memory_used, Some(g), "one allocation on GPU 1");
     b.free_physical(src).unwrap();
     b.free_physical(dst).unwrap();
+}
+
+/// The pre-allocated pool: entries are device memory made and mapped ahead, handed out by
+/// device and size, and copies into them land.
+fn pool(b: CudaBackend) {
+    let g = b.devices()[0].granularity;
+    assert_eq!(b.prefault(D1, &[g, g, 2 * g]).unwrap(), 3);
+    assert_eq!(b.pooled_bytes(), 4 * g);
+    // Another device or size is not served from D1's pool.
+    let other = b.alloc_physical(D0, g).unwrap();
+    let odd = b.alloc_physical(D1, 3 * g).unwrap();
+    assert_eq!(b.pooled_bytes(), 4 * g);
+    let taken = b.alloc_physical(D1, g).unwrap();
+    assert_eq!(b.pooled_bytes(), 3 * g);
+    assert_eq!(b.handle_device(taken), Some(D1));
+    // A pooled allocation is an ordinary one from here: copy into it, read it, map it, free it.
+    let data = pattern(9, g);
+    b.write(other, 0, &data).unwrap();
+    b.copy(other, 0, taken, 0, g).unwrap();
+    assert_eq!(
+        b.checksum(taken, 0, g).unwrap(),
+        xxhash_rust::xxh3::xxh3_64(&data)
+    );
+    let r = b.reserve(D1, g).unwrap();
+    b.map(r, r.base, taken).unwrap();
+    assert_eq!(read_va(&b, r.base, 64), data[..64]);
+    b.unmap(r, r.base, g).unwrap();
+    b.release(r).unwrap();
+    for h in [other, odd, taken] {
+        b.free_physical(h).unwrap();
+    }
+    // Refused entries leave the pool as it was.
+    assert!(b.prefault(D1, &[g, 0]).is_err());
+    assert_eq!(b.pooled_bytes(), 3 * g);
+    // What is still pooled goes back to the driver with the backend (Drop).
 }
 
 fn hmm_round_trip(b: CudaBackend) {

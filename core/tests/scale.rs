@@ -592,6 +592,9 @@ fn the_preallocated_pool_serves_the_steps_allocations() {
     dep.unload(&mut hmm).unwrap();
     check_clean(&hmm, &new, &c);
     // Bad pool sizes are refused by name.
-    let e = hmm.backend().prefault(&[1000]).unwrap_err();
+    let e = hmm
+        .backend()
+        .prefault(DeviceId::new(0, 0), &[1000])
+        .unwrap_err();
     assert!(e.to_string().contains("1000"), "{e}");
 }

@@ -223,7 +223,8 @@ impl DeviceBackend for HostBackend {
         self.adopt(handle, device, fd, size)
     }
 
-    fn prefault(&self, sizes: &[u64]) -> BackendResult<usize> {
+    /// Host memory is one pool for every device, so `_device` does not narrow it.
+    fn prefault(&self, _device: DeviceId, sizes: &[u64]) -> BackendResult<usize> {
         let mut made = Vec::with_capacity(sizes.len());
         for &size in sizes {
             if size == 0 {

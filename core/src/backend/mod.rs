@@ -216,17 +216,26 @@ pub trait DeviceBackend: Send + Sync + fmt::Debug {
         Ok(xxhash_rust::xxh3::xxh3_64(&buf))
     }
 
-    /// Prepare physical memory for later allocations of these sizes (already granule-rounded):
+    /// Prepare physical memory for later allocations of these sizes (already granule-rounded)
+    /// on `device`:
     /// the pre-allocated pool, so a scaling step's allocations neither allocate nor fault pages
     /// on its critical path. Returns how many entries were prepared; backends without a pool
     /// prepare none. Pool memory is not device memory in the HMM's books until allocated.
-    fn prefault(&self, _sizes: &[u64]) -> BackendResult<usize> {
+    fn prefault(&self, _device: DeviceId, _sizes: &[u64]) -> BackendResult<usize> {
         Ok(0)
     }
 
     /// Bytes waiting in the pre-allocated pool.
     fn pooled_bytes(&self) -> u64 {
         0
+    }
+
+    /// How many copies the backend runs at once, where it serializes them: its copy queues
+    /// (one stream per GPU or NPU; logical devices carved from one GPU share its stream).
+    /// `None`: no limit of its own (host memcpy scales with CPU threads). More copy threads
+    /// than queues only contend for them.
+    fn copy_queues(&self) -> Option<usize> {
+        None
     }
 
     /// Export a physical allocation so another process can import and map it (zero copy).

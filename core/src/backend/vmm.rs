@@ -60,6 +60,8 @@ pub trait VmmDriver: Send + Sync + fmt::Debug + 'static {
     fn export(&self, dev: usize, raw: Self::Raw) -> BackendResult<SharedHandle>;
     fn import(&self, dev: usize, shared: SharedHandle, size: u64) -> BackendResult<Self::Raw>;
     fn telemetry(&self, dev: usize) -> BackendResult<Option<DeviceTelemetry>>;
+    /// Copies the driver runs at once: its copy queues (one stream per GPU or NPU).
+    fn copy_queues(&self) -> Option<usize>;
 }
 
 struct Phys<R> {
@@ -85,6 +87,11 @@ pub struct VmmBackend<D: VmmDriver> {
     next: AtomicU64,
     phys: Mutex<HashMap<u64, Arc<Phys<D::Raw>>>>,
     ranges: Mutex<BTreeMap<u64, Reservation>>,
+    /// The pre-allocated pool, by (device index, size): allocations made and home-mapped
+    /// before a scaling step, so the step's `alloc_physical` and its first copy into each
+    /// allocation make no driver call (cuMemCreate, cuMemAddressReserve, cuMemMap,
+    /// cuMemSetAccess cost tens of µs each, hundreds of times per step).
+    pool: Mutex<BTreeMap<(usize, u64), Vec<Phys<D::Raw>>>>,
 }
 
 impl<D: VmmDriver> fmt::Debug for VmmBackend<D> {
@@ -119,6 +126,7 @@ impl<D: VmmDriver> VmmBackend<D> {
             next: AtomicU64::new(1),
             phys: Mutex::new(HashMap::new()),
             ranges: Mutex::new(BTreeMap::new()),
+            pool: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -158,16 +166,25 @@ impl<D: VmmDriver> VmmBackend<D> {
     }
 
     fn insert(&self, raw: D::Raw, dev: usize, size: u64) -> PhysHandle {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let p = Phys {
+        self.adopt(Phys {
             raw,
             dev,
             size,
             home: Mutex::new(None),
             live: RwLock::new(true),
-        };
+        })
+    }
+
+    fn adopt(&self, p: Phys<D::Raw>) -> PhysHandle {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
         lock(&self.phys).insert(id, Arc::new(p));
         PhysHandle(id)
+    }
+
+    /// Give a physical allocation that no handle names back to the driver.
+    fn discard(&self, p: &Phys<D::Raw>) -> BackendResult<()> {
+        self.drop_home(p)?;
+        self.driver.free(p.dev, p.raw)
     }
 
     /// The home mapping of `p`, made now if it has none.
@@ -240,8 +257,55 @@ impl<D: VmmDriver> DeviceBackend for VmmBackend<D> {
             });
         }
         let dev = self.dev(device)?;
+        let pooled = lock(&self.pool).get_mut(&(dev, size)).and_then(|v| v.pop());
+        if let Some(p) = pooled {
+            return Ok(self.adopt(p));
+        }
         let raw = self.driver.alloc(dev, size)?;
         Ok(self.insert(raw, dev, size))
+    }
+
+    fn prefault(&self, device: DeviceId, sizes: &[u64]) -> BackendResult<usize> {
+        let dev = self.dev(device)?;
+        let mut made = Vec::with_capacity(sizes.len());
+        let result = (|| {
+            for &size in sizes {
+                if size == 0 {
+                    return Err(BackendError::ZeroSize { what: "pool entry" });
+                }
+                let p = Phys {
+                    raw: self.driver.alloc(dev, size)?,
+                    dev,
+                    size,
+                    home: Mutex::new(None),
+                    live: RwLock::new(true),
+                };
+                // Pushed before the home mapping, so a failure there frees it too.
+                made.push(p);
+                self.home(made.last().expect("just pushed"))?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            // All or nothing: a pool half-filled would hold device memory nobody asked for.
+            for p in &made {
+                let _ = self.discard(p);
+            }
+            return Err(e);
+        }
+        let n = made.len();
+        let mut pool = lock(&self.pool);
+        for p in made {
+            pool.entry((dev, p.size)).or_default().push(p);
+        }
+        Ok(n)
+    }
+
+    fn pooled_bytes(&self) -> u64 {
+        lock(&self.pool)
+            .iter()
+            .map(|((_, size), v)| size * v.len() as u64)
+            .sum()
     }
 
     fn free_physical(&self, handle: PhysHandle) -> BackendResult<()> {
@@ -250,8 +314,7 @@ impl<D: VmmDriver> DeviceBackend for VmmBackend<D> {
         if !*live {
             return Err(BackendError::UnknownHandle(handle.0));
         }
-        self.drop_home(&p)?;
-        self.driver.free(p.dev, p.raw)?;
+        self.discard(&p)?;
         *live = false;
         lock(&self.phys).remove(&handle.0);
         Ok(())
@@ -424,6 +487,10 @@ impl<D: VmmDriver> DeviceBackend for VmmBackend<D> {
         let dev = self.dev(device)?;
         self.driver.telemetry(dev)
     }
+
+    fn copy_queues(&self) -> Option<usize> {
+        self.driver.copy_queues()
+    }
 }
 
 impl<D: VmmDriver> Drop for VmmBackend<D> {
@@ -438,8 +505,11 @@ impl<D: VmmDriver> Drop for VmmBackend<D> {
         }
         let phys = std::mem::take(&mut *lock(&self.phys));
         for p in phys.into_values() {
-            let _ = self.drop_home(&p);
-            let _ = self.driver.free(p.dev, p.raw);
+            let _ = self.discard(&p);
+        }
+        let pool = std::mem::take(&mut *lock(&self.pool));
+        for p in pool.into_values().flatten() {
+            let _ = self.discard(&p);
         }
     }
 }

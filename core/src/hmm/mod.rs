@@ -196,7 +196,7 @@ impl Hmm {
             .iter()
             .map(|l| acc.round_up("allocation", *l))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(self.backend.prefault(&sizes)?)
+        Ok(self.backend.prefault(device, &sizes)?)
     }
 
     /// Frees an allocation that no slot maps.

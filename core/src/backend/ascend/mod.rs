@@ -349,6 +349,11 @@ impl VmmDriver for AclDriver {
         self.acl.import_shareable(token, id)
     }
 
+    /// One stream per NPU.
+    fn copy_queues(&self) -> Option<usize> {
+        Some(self.streams.len())
+    }
+
     fn telemetry(&self, dev: usize) -> BackendResult<Option<DeviceTelemetry>> {
         let id = self.ids[dev];
         if let Ok(d) = &self.dcmi

@@ -377,6 +377,11 @@ impl VmmDriver for CudaDriver {
         self.cuda.import_fd(fd.as_raw_fd())
     }
 
+    /// One stream per GPU: copies of logical devices carved from one GPU share it.
+    fn copy_queues(&self) -> Option<usize> {
+        Some(self.gpus.len())
+    }
+
     fn telemetry(&self, dev: usize) -> BackendResult<Option<DeviceTelemetry>> {
         let g = self.enter(dev)?;
         let logical = self.devices.len() > self.gpus.len();

@@ -6,7 +6,9 @@
 #   3. measures map / unmap latency per 2 MiB granule (medians of many), device-to-device copy
 #      bandwidth, and telemetry (`core/examples/gpu_check.rs`);
 #   4. measures elastic vs cold-restart scale latency for a small model on several logical
-#      devices carved from the one GPU, with `emoe-agent bench`, when that command exists.
+#      devices carved from the one GPU, with `emoe-agent bench`, when that command exists;
+#   5. the same elastic step without pre-initialization (no pre-allocated pool), for the
+#      pool's share of the latency.
 #
 # Prints one JSON object on stdout; progress goes to stderr. Exit 0 ok, 1 failed.
 #
@@ -104,8 +106,19 @@ else
     rm -f "$scale_err"
 fi
 
-printf '{"gpu": %s, "tests": %s, "vmm_and_copies": %s, "scale": %s}\n' \
-    "$(json_str "${gpu_name:-none}")" "$tests_json" "$bench_json" "$scale_json"
+# ---- 5. the pre-allocated pool's share: elastic without pre-initialization, same step ----
+# (allocations, and on vendor backends their copy mappings, made on the scaling path instead)
+nopool_json='{"skipped": "step 4 did not run"}'
+if grep -q '"result"' <<<"$scale_json"; then
+    log "measuring elastic without pre-initialization"
+    # shellcheck disable=SC2086 # word splitting of the argument list is intended
+    nopool_args=$(sed 's/--strategies [^ ]*//' <<<"$scale_args")
+    nopool_out=$("$agent_bin" $nopool_args --strategies elastic --no-pre-init 2>/dev/null)
+    if [ -n "$nopool_out" ]; then nopool_json=$nopool_out; else nopool_json='{"error": "no output"}'; fi
+fi
+
+printf '{"gpu": %s, "tests": %s, "vmm_and_copies": %s, "scale": %s, "scale_no_pre_init": %s}\n' \
+    "$(json_str "${gpu_name:-none}")" "$tests_json" "$bench_json" "$scale_json" "$nopool_json"
 
 # On a machine with a GPU, anything short of passing tests and a measurement is a failure.
 if [ $test_rc -ne 0 ] || [ $bench_rc -ne 0 ]; then exit 1; fi

@@ -123,6 +123,65 @@ fn copy_bw(b: &CudaBackend, a: &Args) -> Result<Value, BackendError> {
     }))
 }
 
+/// Expert-sized copies (one granule each) one after another and from several threads at once:
+/// a scaling step is hundreds of such copies, so their fixed cost per copy (launch + stream
+/// sync), not the copy engine's bandwidth, can set its copy time.
+fn small_copies(b: &CudaBackend) -> Result<Value, BackendError> {
+    const N: usize = 256;
+    const THREADS: usize = 4;
+    let g = b.devices()[0].granularity;
+    let d1 = DeviceId::new(0, (b.devices().len() > 1) as u32);
+    let src = (0..N)
+        .map(|_| b.alloc_physical(DeviceId::new(0, 0), g))
+        .collect::<Result<Vec<_>, _>>()?;
+    let dst = (0..N)
+        .map(|_| b.alloc_physical(d1, g))
+        .collect::<Result<Vec<_>, _>>()?;
+    for i in 0..N {
+        b.copy(src[i], 0, dst[i], 0, g)?; // warm-up
+    }
+    let mut us = Vec::with_capacity(N);
+    let t_all = Instant::now();
+    for i in 0..N {
+        let t = Instant::now();
+        b.copy(src[i], 0, dst[i], 0, g)?;
+        us.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let serial_s = t_all.elapsed().as_secs_f64();
+    let t_par = Instant::now();
+    std::thread::scope(|s| -> Result<(), BackendError> {
+        let hs: Vec<_> = (0..THREADS)
+            .map(|k| {
+                let (src, dst) = (&src, &dst);
+                s.spawn(move || -> Result<(), BackendError> {
+                    for i in (k..N).step_by(THREADS) {
+                        b.copy(src[i], 0, dst[i], 0, g)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().expect("copy thread panicked")?;
+        }
+        Ok(())
+    })?;
+    let par_s = t_par.elapsed().as_secs_f64();
+    for h in src.into_iter().chain(dst) {
+        b.free_physical(h)?;
+    }
+    let total = (N as u64 * g) as f64;
+    Ok(json!({
+        "copies": N,
+        "bytes_each": g,
+        "what": "DeviceBackend::copy of one granule each, 0/0 → another logical device",
+        "serial_us": summary(us),
+        "serial_gb_per_s": total / serial_s / 1e9,
+        "threads": THREADS,
+        "threaded_gb_per_s": total / par_s / 1e9,
+    }))
+}
+
 fn main() {
     let a = match parse() {
         Ok(a) => a,
@@ -162,6 +221,7 @@ fn main() {
             "devices": devices,
             "vmm": map_unmap(&b, &a)?,
             "d2d_copy": copy_bw(&b, &a)?,
+            "small_copies": small_copies(&b)?,
             "telemetry": b.telemetry(DeviceId::new(0, 0))?,
         }))
     })();

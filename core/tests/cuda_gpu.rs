@@ -198,6 +198,11 @@ fn pool(b: CudaBackend) {
     // Refused entries leave the pool as it was.
     assert!(b.prefault(D1, &[g, 0]).is_err());
     assert_eq!(b.pooled_bytes(), 3 * g);
+    // Pooled memory is outside the HMM's books, so a device's pool holds one step at most: a
+    // new prefault replaces what D1's pool held and leaves D0's alone.
+    assert_eq!(b.prefault(D0, &[g]).unwrap(), 1);
+    assert_eq!(b.prefault(D1, &[2 * g]).unwrap(), 1);
+    assert_eq!(b.pooled_bytes(), 3 * g);
     // What is still pooled goes back to the driver with the backend (Drop).
 }
 

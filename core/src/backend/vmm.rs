@@ -265,14 +265,31 @@ impl<D: VmmDriver> DeviceBackend for VmmBackend<D> {
         Ok(self.insert(raw, dev, size))
     }
 
+    /// Pooled memory is device memory outside the HMM's books, so a device's pool holds one
+    /// step's allocations at most: a new `prefault` for a device first gives back what its pool
+    /// held (a target pre-initialized earlier and not taken).
     fn prefault(&self, device: DeviceId, sizes: &[u64]) -> BackendResult<usize> {
         let dev = self.dev(device)?;
+        if sizes.contains(&0) {
+            return Err(BackendError::ZeroSize { what: "pool entry" });
+        }
+        let stale: Vec<Phys<D::Raw>> = {
+            let mut pool = lock(&self.pool);
+            let keys: Vec<_> = pool
+                .range((dev, 0)..=(dev, u64::MAX))
+                .map(|(k, _)| *k)
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| pool.remove(&k))
+                .flatten()
+                .collect()
+        };
+        for p in &stale {
+            self.discard(p)?;
+        }
         let mut made = Vec::with_capacity(sizes.len());
         let result = (|| {
             for &size in sizes {
-                if size == 0 {
-                    return Err(BackendError::ZeroSize { what: "pool entry" });
-                }
                 let p = Phys {
                     raw: self.driver.alloc(dev, size)?,
                     dev,
@@ -280,9 +297,9 @@ impl<D: VmmDriver> DeviceBackend for VmmBackend<D> {
                     home: Mutex::new(None),
                     live: RwLock::new(true),
                 };
-                // Pushed before the home mapping, so a failure there frees it too.
-                made.push(p);
-                self.home(made.last().expect("just pushed"))?;
+                let homed = self.home(&p);
+                made.push(p); // kept even when mapping failed, so the cleanup below frees it
+                homed?;
             }
             Ok(())
         })();
@@ -504,12 +521,14 @@ impl<D: VmmDriver> Drop for VmmBackend<D> {
             let _ = self.driver.release(r.dev, base, r.size);
         }
         let phys = std::mem::take(&mut *lock(&self.phys));
-        for p in phys.into_values() {
-            let _ = self.discard(&p);
-        }
         let pool = std::mem::take(&mut *lock(&self.pool));
+        for p in phys.into_values() {
+            let _ = self.drop_home(&p);
+            let _ = self.driver.free(p.dev, p.raw);
+        }
         for p in pool.into_values().flatten() {
-            let _ = self.discard(&p);
+            let _ = self.drop_home(&p);
+            let _ = self.driver.free(p.dev, p.raw);
         }
     }
 }

@@ -595,17 +595,15 @@ pub(super) fn scale_report(a: &ScaleArgs) -> Result<ScaleReport, CliError> {
             }
         }
     };
+    let defaults = ExecOptions::default();
     let exec = ExecOptions {
         copies_per_link: a.copies_per_link as usize,
-        workers: a
-            .copy_workers
-            .map_or(ExecOptions::default().workers, |w| w as usize),
+        workers: a.copy_workers.map_or(defaults.workers, |w| w as usize),
         transition: TransitionOptions {
             // Checksums are checked once per run after the step, not inside the timed copies.
             verify: false,
-            ..TransitionOptions::default()
+            ..defaults.transition
         },
-        ..ExecOptions::default()
     };
     let mut report = ScaleReport {
         model: String::new(),

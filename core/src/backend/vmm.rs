@@ -91,8 +91,11 @@ pub struct VmmBackend<D: VmmDriver> {
     /// before a scaling step, so the step's `alloc_physical` and its first copy into each
     /// allocation make no driver call (cuMemCreate, cuMemAddressReserve, cuMemMap,
     /// cuMemSetAccess cost tens of µs each, hundreds of times per step).
-    pool: Mutex<BTreeMap<(usize, u64), Vec<Phys<D::Raw>>>>,
+    pool: Mutex<Pool<D::Raw>>,
 }
+
+/// Pooled allocations by (device index, size).
+type Pool<R> = BTreeMap<(usize, u64), Vec<Phys<R>>>;
 
 impl<D: VmmDriver> fmt::Debug for VmmBackend<D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

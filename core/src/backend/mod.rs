@@ -217,10 +217,11 @@ pub trait DeviceBackend: Send + Sync + fmt::Debug {
     }
 
     /// Prepare physical memory for later allocations of these sizes (already granule-rounded)
-    /// on `device`:
-    /// the pre-allocated pool, so a scaling step's allocations neither allocate nor fault pages
-    /// on its critical path. Returns how many entries were prepared; backends without a pool
-    /// prepare none. Pool memory is not device memory in the HMM's books until allocated.
+    /// on `device`: the pre-allocated pool, so a scaling step's allocations neither allocate
+    /// nor fault pages on its critical path. Returns how many entries were prepared; backends without a pool
+    /// prepare none. Pool memory is not device memory in the HMM's books until allocated, so
+    /// where it is device memory (cuda, ascend) a device's pool holds one step's allocations:
+    /// a new call for a device replaces what its pool held. Host memory pools accumulate.
     fn prefault(&self, _device: DeviceId, _sizes: &[u64]) -> BackendResult<usize> {
         Ok(0)
     }

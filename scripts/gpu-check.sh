@@ -12,10 +12,9 @@
 #
 # Prints one JSON object on stdout; progress goes to stderr. Exit 0 ok, 1 failed.
 #
-# Without cargo on the GPU machine, build here and carry the binaries:
-#   cargo build --release -p emoe-core --example gpu_check
-#   cargo test --release -p emoe-core --test cuda_gpu --no-run   # prints the test binary path
-# then set EMOE_GPU_CHECK_BIN and EMOE_CUDA_TEST_BIN (and EMOE_AGENT_BIN for step 4).
+# Without cargo on the GPU machine, run scripts/gpu-stage.sh where cargo is and carry .gpubin/:
+# the binaries there are used when cargo is missing. Or set EMOE_GPU_CHECK_BIN,
+# EMOE_CUDA_TEST_BIN and EMOE_AGENT_BIN to binaries built elsewhere.
 # EMOE_SCALE_BENCH_ARGS overrides the `emoe-agent` arguments of step 4.
 set -uo pipefail
 
@@ -41,6 +40,13 @@ fi
 # ---- 1. build ----
 gpu_check_bin=${EMOE_GPU_CHECK_BIN:-}
 test_bin=${EMOE_CUDA_TEST_BIN:-}
+agent_bin=${EMOE_AGENT_BIN:-}
+if [ "$have_cargo" = 0 ]; then
+    # Staged by scripts/gpu-stage.sh on a machine with cargo.
+    [ -z "$gpu_check_bin" ] && [ -x .gpubin/gpu_check ] && gpu_check_bin=.gpubin/gpu_check
+    [ -z "$test_bin" ] && [ -x .gpubin/cuda_gpu ] && test_bin=.gpubin/cuda_gpu
+    [ -z "$agent_bin" ] && [ -x .gpubin/emoe-agent ] && agent_bin=.gpubin/emoe-agent
+fi
 if [ "$have_cargo" = 1 ]; then
     if [ -z "$gpu_check_bin" ]; then
         log "building the gpu_check example"
@@ -55,7 +61,7 @@ if [ "$have_cargo" = 1 ]; then
     fi
 fi
 for b in "$gpu_check_bin" "$test_bin"; do
-    [ -n "$b" ] && [ -x "$b" ] || { log "no cargo and no prebuilt binary (set EMOE_GPU_CHECK_BIN, EMOE_CUDA_TEST_BIN)"; exit 1; }
+    [ -n "$b" ] && [ -x "$b" ] || { log "no cargo and no prebuilt binary (run scripts/gpu-stage.sh where cargo is and carry .gpubin/, or set EMOE_GPU_CHECK_BIN, EMOE_CUDA_TEST_BIN)"; exit 1; }
 done
 
 # ---- 2. HMM tests through the cuda backend ----
@@ -79,7 +85,6 @@ bench_rc=$?
 [ -n "$bench_json" ] || bench_json='{"error": "gpu_check printed nothing"}'
 
 # ---- 4. elastic vs cold-restart scale latency ----
-agent_bin=${EMOE_AGENT_BIN:-}
 if [ -z "$agent_bin" ] && [ "$have_cargo" = 1 ]; then
     log "building emoe-agent"
     if cargo build --release -p emoe-agent >&2; then agent_bin=target/release/emoe-agent; fi

@@ -69,76 +69,41 @@ fn snapshot(shape: &Shape, node: usize) -> proto::Snapshot {
     let mut alloc = 0u64;
     let mut devices = Vec::new();
     for i in 0..shape.devices as u32 {
-        let mut regions = Vec::new();
+        let mut regions: Vec<proto::Region> = Vec::new();
         let mut off = 0u64;
-        if i < used {
-            for l in 0..shape.layers {
-                alloc += 1;
-                regions.push(proto::Region {
-                    alloc,
-                    kind: "non_expert".into(),
-                    layer: Some(l),
-                    expert: None,
-                    offset: off,
-                    size: ne_size,
-                    // Shared by the active instance and a standby view.
-                    views: if l % 2 == 0 { vec![1, 2] } else { vec![1] },
-                });
-                off += ne_size;
-            }
-            for l in 0..shape.layers {
-                for e in (i * per_dev)..((i + 1) * per_dev) {
-                    alloc += 1;
-                    regions.push(proto::Region {
-                        alloc,
-                        kind: "expert".into(),
-                        layer: Some(l),
-                        expert: Some(e),
-                        offset: off,
-                        size: expert_size,
-                        views: vec![1],
-                    });
-                    off += expert_size;
-                }
-            }
+        // Regions are laid out back to back, each its own allocation.
+        let mut add = |kind: &str, layer, expert, size, views: Vec<u64>| {
             alloc += 1;
             regions.push(proto::Region {
                 alloc,
-                kind: "kv".into(),
-                layer: None,
-                expert: None,
+                kind: kind.into(),
+                layer,
+                expert,
                 offset: off,
-                size: kv_size,
-                views: vec![1],
+                size,
+                views,
             });
-            off += kv_size;
+            off += size;
+        };
+        if i < used {
+            for l in 0..shape.layers {
+                // Shared by the active instance and a standby view.
+                let views = if l % 2 == 0 { vec![1, 2] } else { vec![1] };
+                add("non_expert", Some(l), None, ne_size, views);
+            }
+            for l in 0..shape.layers {
+                for e in (i * per_dev)..((i + 1) * per_dev) {
+                    add("expert", Some(l), Some(e), expert_size, vec![1]);
+                }
+            }
+            add("kv", None, None, kv_size, vec![1]);
         } else if shape.scaling && node == 0 && i < used + tp {
             // A new device receiving its shard and experts.
             for l in 0..shape.layers {
-                alloc += 1;
-                regions.push(proto::Region {
-                    alloc,
-                    kind: "non_expert".into(),
-                    layer: Some(l),
-                    expert: None,
-                    offset: off,
-                    size: ne_size,
-                    views: vec![3],
-                });
-                off += ne_size;
+                add("non_expert", Some(l), None, ne_size, vec![3]);
             }
             for e in 0..(per_dev / 2).max(1) {
-                alloc += 1;
-                regions.push(proto::Region {
-                    alloc,
-                    kind: "expert".into(),
-                    layer: Some(0),
-                    expert: Some(e),
-                    offset: off,
-                    size: expert_size,
-                    views: vec![3],
-                });
-                off += expert_size;
+                add("expert", Some(0), Some(e), expert_size, vec![3]);
             }
         }
         devices.push(proto::Device {

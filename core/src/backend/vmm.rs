@@ -276,17 +276,13 @@ impl<D: VmmDriver> DeviceBackend for VmmBackend<D> {
         if sizes.contains(&0) {
             return Err(BackendError::ZeroSize { what: "pool entry" });
         }
-        let stale: Vec<Phys<D::Raw>> = {
-            let mut pool = lock(&self.pool);
-            let keys: Vec<_> = pool
-                .range((dev, 0)..=(dev, u64::MAX))
-                .map(|(k, _)| *k)
-                .collect();
-            keys.into_iter()
-                .filter_map(|k| pool.remove(&k))
-                .flatten()
-                .collect()
-        };
+        let mut stale = Vec::new();
+        lock(&self.pool).retain(|&(d, _), entries| {
+            if d == dev {
+                stale.append(entries);
+            }
+            d != dev
+        });
         for p in &stale {
             self.discard(p)?;
         }

@@ -235,3 +235,43 @@ impl Drop for Embedded {
         let _ = std::fs::remove_file(&self.socket);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::ModelSource;
+
+    /// A watcher may connect before the ticker's first tick (a loaded machine): the daemon
+    /// holds the node's snapshot from the start, never an empty one.
+    #[test]
+    fn the_daemon_holds_a_full_snapshot_before_its_first_tick() {
+        let cache = tempfile::tempdir().unwrap();
+        let o = NodeOptions {
+            backend: Default::default(),
+            node: 0,
+            devices: Some(8),
+            logical_per_gpu: 1,
+            hbm: Some(256 << 20),
+            granularity: None,
+            model: ModelSource::Preset("micro-moe".into()),
+            config: "dp2tp2ep4".parse().unwrap(),
+            first_device: 0,
+            seed: 1,
+            kv_tokens: 256,
+            cache_dir: Some(cache.path().to_path_buf()),
+        };
+        // `build` starts no ticker.
+        let (daemon, _) = build(&o, ServeOptions::default(), false, None).unwrap();
+        let st = daemon.lock();
+        assert_eq!(st.last.devices.len(), 8);
+        assert!(st.last.devices[..4].iter().all(|d| d.used > 0));
+        assert!(
+            st.last
+                .instances
+                .iter()
+                .any(|i| i.config == "dp2tp2ep4" && i.state == "active"),
+            "{:?}",
+            st.last.instances
+        );
+    }
+}

@@ -150,7 +150,7 @@ pub fn render(snap: &proto::Snapshot) -> String {
 impl Daemon {
     /// The metrics now.
     pub fn metrics_text(&self) -> String {
-        let snap = self.lock().last.clone().unwrap_or_default();
+        let snap = self.lock().last.clone();
         let mut snap = snap;
         snap.operations = self.lock().ops.values().map(|o| o.info.clone()).collect();
         render(&snap)

@@ -60,7 +60,9 @@ pub(crate) struct State {
     pub next_op: u64,
     pub events: VecDeque<proto::Event>,
     pub ring: VecDeque<proto::WatchUpdate>,
-    pub last: Option<proto::Snapshot>,
+    /// The latest snapshot: taken at start, so a watcher that connects before the first tick
+    /// gets the node as it is, not an empty one.
+    pub last: proto::Snapshot,
     pub metrics: Metrics,
     pub finished: u64,
     /// The copies of the current or last operation.
@@ -94,7 +96,7 @@ impl Daemon {
         token: Option<String>,
     ) -> Arc<Self> {
         let (updates, _) = tokio::sync::broadcast::channel(RING);
-        Arc::new(Self {
+        let d = Arc::new(Self {
             server,
             facts,
             state: Mutex::new(State {
@@ -103,7 +105,7 @@ impl Daemon {
                 next_op: 1,
                 events: VecDeque::new(),
                 ring: VecDeque::new(),
-                last: None,
+                last: proto::Snapshot::default(),
                 metrics: Metrics::new(None),
                 finished: 0,
                 migrations: Vec::new(),
@@ -116,7 +118,10 @@ impl Daemon {
             sys: Mutex::new(sysinfo::System::new()),
             devices_cache: Mutex::new((None, Vec::new())),
             stop: AtomicBool::new(false),
-        })
+        });
+        let first = d.snapshot();
+        d.lock().last = first;
+        d
     }
 
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -268,25 +273,15 @@ impl Daemon {
         }
         let snap = self.snapshot();
         let mut st = self.lock();
-        let update = match &st.last {
-            None => None,
-            Some(prev) => snapshot::delta(prev, &snap),
-        };
-        let first = st.last.is_none();
-        st.last = Some(snap);
-        if first {
-            return;
-        }
+        let update = snapshot::delta(&st.last, &snap);
+        st.last = snap;
         if let Some(delta) = update {
             st.seq += 1;
             let u = proto::WatchUpdate {
                 seq: st.seq,
                 body: Some(proto::watch_update::Body::Delta(delta)),
             };
-            let seq = st.seq;
-            if let Some(last) = st.last.as_mut() {
-                last.seq = seq;
-            }
+            st.last.seq = st.seq;
             st.ring.push_back(u.clone());
             while st.ring.len() > RING {
                 st.ring.pop_front();

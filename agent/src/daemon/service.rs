@@ -168,7 +168,7 @@ impl Agent for AgentService {
             match from_ring {
                 Some(v) => v,
                 None => {
-                    let mut snap = st.last.clone().unwrap_or_default();
+                    let mut snap = st.last.clone();
                     snap.seq = st.seq;
                     snap.events = st.events.iter().cloned().collect();
                     snap.operations = st.ops.values().map(|o| o.info.clone()).collect();
@@ -200,7 +200,7 @@ impl Agent for AgentService {
                         // Too far behind: a fresh snapshot, then on from there.
                         let snap = {
                             let st = d.lock();
-                            let mut s = st.last.clone().unwrap_or_default();
+                            let mut s = st.last.clone();
                             s.seq = st.seq;
                             s
                         };

@@ -35,6 +35,9 @@ command -v cargo >/dev/null 2>&1 && have_cargo=1
 gpu_name=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -n1)
 if [ -z "$gpu_name" ]; then
     log "nvidia-smi reports no GPU; the checks below will skip"
+else
+    # On a GPU machine a skipped gpu_* test is a failure, not a pass.
+    export EMOE_REQUIRE_GPU=${EMOE_REQUIRE_GPU:-1}
 fi
 
 # ---- 1. build ----

@@ -410,6 +410,15 @@ fn the_watch_benchmark_reports_updates_and_agent_cpu() {
     let r = json(&out);
     assert_eq!(r["busy"]["watchers"], 4);
     assert!(r["busy"]["updates_per_s"].as_f64().unwrap() > 0.0, "{r}");
-    assert!(r["idle"]["agent_cpu_percent"].as_f64().unwrap() >= 0.0);
-    assert!(r["idle_under_1_percent"].is_boolean());
+    // Serving traffic to four watchers costs the agent measurable CPU; the idle verdict is the
+    // idle figure against its 1 % target.
+    let busy_cpu = r["busy"]["agent_cpu_percent"].as_f64().unwrap();
+    assert!(busy_cpu.is_finite() && busy_cpu > 0.0, "{r}");
+    let idle_cpu = r["idle"]["agent_cpu_percent"].as_f64().unwrap();
+    assert!(idle_cpu.is_finite(), "{r}");
+    assert_eq!(
+        r["idle_under_1_percent"].as_bool(),
+        Some(idle_cpu < 1.0),
+        "{r}"
+    );
 }

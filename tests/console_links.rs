@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::tmux::{Tmux, have_tmux};
+use common::tmux::{Tmux, tmux_or_skip};
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -385,8 +385,7 @@ impl Drop for PidFileGuard {
 
 #[test]
 fn stale_then_live_then_stale_and_sigterm_restores() {
-    if !have_tmux() {
-        eprintln!("skipped: tmux is not installed");
+    if !tmux_or_skip("stale_then_live_then_stale_and_sigterm_restores") {
         return;
     }
     let env = Env::new();

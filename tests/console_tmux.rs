@@ -5,14 +5,13 @@
 
 mod common;
 
-use common::tmux::{Tmux, have_tmux};
+use common::tmux::{Tmux, tmux_or_skip};
 
 use std::path::Path;
 
 #[test]
 fn console_scales_up_from_the_keyboard_and_restores_the_terminal() {
-    if !have_tmux() {
-        eprintln!("skipped: tmux is not installed");
+    if !tmux_or_skip("console_scales_up_from_the_keyboard_and_restores_the_terminal") {
         return;
     }
     let emoe = common::bin("emoe");

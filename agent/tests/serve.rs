@@ -62,8 +62,12 @@ fn by_id(f: Vec<Finished>) -> BTreeMap<u64, Finished> {
 }
 
 fn reference(dir: &std::path::Path) -> BTreeMap<u64, Vec<u32>> {
+    reference_of(dir, requests())
+}
+
+fn reference_of(dir: &std::path::Path, reqs: Vec<Submit>) -> BTreeMap<u64, Vec<u32>> {
     let s = server(dir, "dp2tp2ep4");
-    for r in requests() {
+    for r in reqs {
         s.submit(r).unwrap();
     }
     assert!(s.wait_idle(Duration::from_secs(120)));
@@ -137,17 +141,39 @@ fn answers_are_bit_identical_across_scaling_while_serving() {
     assert!(d.verify(&hmm).unwrap().is_empty());
 }
 
+/// Requests long enough (96+ tokens each) that the first ones still decode when the step ends.
+fn long_requests() -> Vec<Submit> {
+    requests()
+        .into_iter()
+        .map(|mut r| {
+            r.output_tokens += 96;
+            r
+        })
+        .collect()
+}
+
+/// Wait (bounded) until some request is decoding, so the step starts with requests in flight.
+fn until_decoding(s: &Server) {
+    let end = std::time::Instant::now() + Duration::from_secs(60);
+    while s.queue().1 == 0 {
+        assert!(
+            std::time::Instant::now() < end,
+            "no request started decoding"
+        );
+        std::thread::yield_now();
+    }
+}
+
 #[test]
 fn requests_in_flight_move_to_the_new_instance_with_their_kv() {
     let dir = tempfile::tempdir().unwrap();
-    let want = reference(dir.path());
-    // Long requests so some are surely in flight at the switchover.
+    let want = reference_of(dir.path(), long_requests());
     let s = server(dir.path(), "dp2tp2ep4");
-    let ids: Vec<u64> = requests()
+    let ids: Vec<u64> = long_requests()
         .into_iter()
         .map(|r| s.submit(r).unwrap())
         .collect();
-    std::thread::sleep(Duration::from_millis(20));
+    until_decoding(&s);
     let topo = Topology::uniform(1e10, 1e10);
     let p = s
         .plan("dp4tp2ep8".parse().unwrap(), Policy::Balanced, &topo)
@@ -156,6 +182,10 @@ fn requests_in_flight_move_to_the_new_instance_with_their_kv() {
     assert_eq!(
         r.drained_requests, 0,
         "scale-up keeps every replica's devices"
+    );
+    assert!(
+        r.moved_requests > 0,
+        "requests were decoding at the switchover, so some must move: {r:?}"
     );
     assert!(s.wait_idle(Duration::from_secs(120)));
     let got = by_id(s.take_finished());

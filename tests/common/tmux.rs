@@ -78,9 +78,21 @@ impl Drop for Tmux {
     }
 }
 
-pub fn have_tmux() -> bool {
-    Command::new("tmux")
+/// Whether tmux can run here. When it cannot, says so on the real stderr (past the test
+/// harness's capture, so the skip is never silent) and, under `EMOE_REQUIRE_TMUX=1` (CI sets it),
+/// fails the test instead of skipping it.
+pub fn tmux_or_skip(test: &str) -> bool {
+    let ok = Command::new("tmux")
         .arg("-V")
         .output()
-        .is_ok_and(|o| o.status.success())
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var_os("EMOE_REQUIRE_TMUX").is_none_or(|v| v != "1"),
+            "{test}: tmux is required (EMOE_REQUIRE_TMUX=1) but is not installed"
+        );
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "skipped: {test}: tmux is not installed");
+    }
+    ok
 }

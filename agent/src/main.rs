@@ -1,9 +1,7 @@
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let cli = emoe_agent::cli::Cli::parse();
+    let cli: emoe_agent::cli::Cli = emoe_agent::cli::parse_or_exit();
     match emoe_agent::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -11,6 +11,7 @@
 //! - [`plan`]: the scaling planner.
 //! - [`scale`]: running a plan on the HMM (and the paper's baselines).
 //! - [`traffic`]: seeded request generators (Poisson, step, ramp, offline) and trace replay.
+//! - [`echo`]: how user-given values are quoted back in messages (bounded, escaped).
 //! - [`metrics`]: serving metrics from timestamps — TTFT, TPOT, SLO attainment, throughput,
 //!   downtime — and per-expert load.
 
@@ -18,6 +19,7 @@ pub mod backend;
 pub mod checkpoint;
 pub mod deploy;
 pub mod device;
+pub mod echo;
 pub mod engine;
 pub mod hmm;
 pub mod metrics;

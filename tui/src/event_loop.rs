@@ -1,4 +1,4 @@
-//! The event loop: input, agent messages, a tick and SIGTERM in; a frame out only when something
+//! The event loop: input, agent messages, a tick and stop signals in; a frame out only when something
 //! changed (or on the tick), so an idle console costs next to nothing.
 
 use std::io;
@@ -47,7 +47,7 @@ where
     Ok(())
 }
 
-/// Run until the operator quits, the input ends, or SIGTERM.
+/// Run until the operator quits, the input ends, or a stop signal (SIGTERM, SIGINT, SIGHUP).
 pub async fn run<B, S>(
     terminal: &mut Terminal<B>,
     app: &mut App,
@@ -64,7 +64,8 @@ where
     let mut stats = LoopStats::default();
     let mut ticker = tokio::time::interval(o.tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let stop = crate::term::stop_signal();
+    tokio::pin!(stop);
     let mut dirty = true;
     loop {
         for (node, cmd) in app.outbox.drain(..) {
@@ -111,12 +112,7 @@ where
                 app.tick();
                 dirty = true;
             }
-            _ = async {
-                match term.as_mut() {
-                    Some(t) => { t.recv().await; }
-                    None => std::future::pending::<()>().await,
-                }
-            } => break,
+            _ = &mut stop => break,
         }
     }
     Ok(stats)

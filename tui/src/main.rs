@@ -41,10 +41,10 @@ struct Cli {
     #[arg(long)]
     ascii: bool,
     /// Theme: dark, light, mono, high-contrast (default from config.toml, else dark).
-    #[arg(long)]
+    #[arg(long, value_parser = theme_name)]
     theme: Option<String>,
     /// Keymap: default or vim (default from config.toml, else default).
-    #[arg(long)]
+    #[arg(long, value_parser = keymap_name)]
     keymap: Option<String>,
     /// Colours: auto, truecolor, 256, 16 or none (auto reads NO_COLOR, COLORTERM and TERM).
     #[arg(long)]
@@ -90,6 +90,27 @@ enum Cmd {
     Bench(emoe_tui::bench::BenchArgs),
 }
 
+/// A built-in name among `names`, or an error listing them (clap exits 2 naming the flag).
+fn builtin_name(kind: &str, names: &[&str], s: &str) -> Result<String, String> {
+    if names.contains(&s) {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "`{}` is not a {kind}: use {}",
+            emoe_core::echo::echo(s),
+            names.join(", ")
+        ))
+    }
+}
+
+fn theme_name(s: &str) -> Result<String, String> {
+    builtin_name("theme", config::Theme::NAMES, s)
+}
+
+fn keymap_name(s: &str) -> Result<String, String> {
+    builtin_name("keymap", config::Keymap::NAMES, s)
+}
+
 fn parse_view(s: &str) -> Result<View, String> {
     View::ALL
         .into_iter()
@@ -116,7 +137,7 @@ fn fail(msg: impl std::fmt::Display, code: u8) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = emoe_agent::cli::parse_or_exit();
     let load = config::LoadOptions {
         config_dir: cli.config_dir.clone(),
         keymap: cli.keymap.clone(),
@@ -262,10 +283,16 @@ async fn once(
     wait: Duration,
 ) -> ExitCode {
     let deadline = tokio::time::Instant::now() + wait;
+    let stop = emoe_tui::term::stop_signal();
+    tokio::pin!(stop);
     while app.cluster.nodes.iter().any(|n| n.snap.is_none()) {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some(m)) => app.on_msg(m),
-            _ => break,
+        tokio::select! {
+            m = tokio::time::timeout_at(deadline, rx.recv()) => match m {
+                Ok(Some(m)) => app.on_msg(m),
+                _ => break,
+            },
+            // Stop waiting, print what is known, and let main remove the embedded socket.
+            _ = &mut stop => break,
         }
     }
     let text = emoe_tui::ui::render_text(app, w, h);
@@ -274,7 +301,10 @@ async fn once(
         ExitCode::SUCCESS
     } else {
         fail(
-            "some nodes did not report within 20 s (marked stale above)",
+            format!(
+                "some nodes did not report within --wait {} (marked stale above)",
+                humantime::format_duration(wait)
+            ),
             1,
         )
     }

@@ -20,14 +20,14 @@ pub struct WatchBenchArgs {
     /// Watchers while busy.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub watchers: u32,
-    /// The agent's snapshot period (10 Hz by default).
-    #[arg(long, default_value = "100ms")]
-    pub tick: String,
+    /// The agent's snapshot period (10 Hz by default; 10ms to 1m).
+    #[arg(long, default_value = "100ms", value_parser = super::parse_tick)]
+    pub tick: Duration,
     /// Seconds measured in each phase.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=3600))]
     pub seconds: u32,
     /// Poisson requests/s served while busy.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 2.0, value_parser = super::parse_rate)]
     pub traffic: f64,
     #[arg(long, default_value = "tiny-moe")]
     pub model: String,
@@ -98,7 +98,7 @@ fn start_agent(
         "--model".into(),
         a.model.clone(),
         "--tick".into(),
-        a.tick.clone(),
+        humantime::format_duration(a.tick).to_string(),
     ];
     if let Some(t) = traffic {
         args.extend(["--traffic".into(), t.to_string()]);
@@ -184,8 +184,6 @@ async fn measure(
 }
 
 pub fn run(a: &WatchBenchArgs) -> Result<(), CliError> {
-    humantime::parse_duration(&a.tick)
-        .map_err(|e| CliError::usage(anyhow::anyhow!("--tick {}: {e}", a.tick)))?;
     let dir = tempfile::tempdir().map_err(CliError::failed)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -202,7 +200,7 @@ pub fn run(a: &WatchBenchArgs) -> Result<(), CliError> {
         Ok::<_, CliError>((baseline, busy, idle))
     })?;
     let report = Report {
-        tick: a.tick.clone(),
+        tick: humantime::format_duration(a.tick).to_string(),
         watchers_cpu_percent: busy.agent_cpu_percent - baseline.agent_cpu_percent,
         baseline,
         idle_under_1_percent: idle.agent_cpu_percent < 1.0,

@@ -80,10 +80,11 @@ pub struct NodeArgs {
     pub logical_per_gpu: u32,
     /// Memory per device, e.g. `1GiB`, `64 GiB` (default: 1 GiB on host, 64 GiB modeled; on
     /// ascend and cuda, a cap below the device's own memory).
-    #[arg(long, value_parser = parse_size)]
+    #[arg(long, value_parser = parse_hbm)]
     pub hbm: Option<u64>,
-    /// Allocation granularity, a power of two (default: 64 KiB on host, 2 MiB modeled).
-    #[arg(long, value_parser = parse_size)]
+    /// Allocation granularity, a power of two from 4 KiB to 1 GiB (default: 64 KiB on host,
+    /// 2 MiB modeled).
+    #[arg(long, value_parser = parse_granularity)]
     pub granularity: Option<u64>,
     /// A preset (tiny-moe, micro-moe, deepseek-v2-lite, qwen3-30b-a3b, deepseek-v3) or a
     /// Hugging Face checkpoint directory.
@@ -93,7 +94,7 @@ pub struct NodeArgs {
     #[arg(long, visible_alias = "from", default_value = "dp2tp2ep4")]
     pub config: ParallelConfig,
     /// First device the config occupies; it uses EP devices from there.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..4096))]
     pub first_device: u32,
     /// This node's id (devices are named `node/index`).
     #[arg(long, default_value_t = 0)]
@@ -101,8 +102,8 @@ pub struct NodeArgs {
     /// Seed of generated checkpoints.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// KV-cache tokens per device.
-    #[arg(long, default_value_t = 16_384)]
+    /// KV-cache tokens per device (1 to 16Mi).
+    #[arg(long, default_value_t = 16_384, value_parser = clap::value_parser!(u64).range(1..=MAX_KV_TOKENS))]
     pub kv_tokens: u64,
     /// Where generated checkpoints are cached (default: $EMOE_CACHE_DIR, else the platform
     /// cache dir, e.g. ~/.cache/elasticmoe).
@@ -131,14 +132,105 @@ impl NodeArgs {
 
 /// A byte size such as `1GiB`, `512 MiB`, `2MB` or `4096`.
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let v: bytesize::ByteSize = s
-        .trim()
-        .parse()
-        .map_err(|e| format!("`{s}` is not a size like 1GiB, 512MiB or 4096 ({e})"))?;
+    let v: bytesize::ByteSize = s.trim().parse().map_err(|e| {
+        format!(
+            "`{}` is not a size like 1GiB, 512MiB or 4096 ({e})",
+            emoe_core::echo::echo(s)
+        )
+    })?;
     if v.as_u64() == 0 {
-        return Err(format!("`{s}` is zero bytes; give a positive size"));
+        return Err(format!(
+            "`{}` is zero bytes; give a positive size",
+            emoe_core::echo::echo(s)
+        ));
     }
     Ok(v.as_u64())
+}
+
+/// Most KV-cache tokens per device `--kv-tokens` takes: far past any accelerator's memory, small
+/// enough that token × per-token-size arithmetic cannot overflow.
+pub const MAX_KV_TOKENS: u64 = 1 << 24;
+/// Most memory per device `--hbm` takes (16 TiB, a hundred times today's largest accelerator).
+pub const MAX_HBM: u64 = 16 << 40;
+/// `--granularity` bounds: a page, up to 1 GiB.
+pub const GRANULARITY: std::ops::RangeInclusive<u64> = (4 << 10)..=(1 << 30);
+
+/// `--hbm`: a size from 1 MiB to [`MAX_HBM`].
+fn parse_hbm(s: &str) -> Result<u64, String> {
+    let v = parse_size(s)?;
+    if !(1 << 20..=MAX_HBM).contains(&v) {
+        return Err(format!(
+            "`{}` is outside 1MiB..=16TiB of memory per device",
+            emoe_core::echo::echo(s)
+        ));
+    }
+    Ok(v)
+}
+
+/// `--granularity`: a power of two within [`GRANULARITY`].
+fn parse_granularity(s: &str) -> Result<u64, String> {
+    let v = parse_size(s)?;
+    let s = emoe_core::echo::echo(s);
+    if !v.is_power_of_two() {
+        return Err(format!("`{s}` ({v} bytes) is not a power of two"));
+    }
+    if !GRANULARITY.contains(&v) {
+        return Err(format!("`{s}` is outside 4KiB..=1GiB"));
+    }
+    Ok(v)
+}
+
+/// The agent's snapshot period (`serve --tick`, `bench watch --tick`): 10 ms to 1 min. Shorter
+/// would spin a core; longer would leave watchers and stop requests waiting.
+pub const TICK: std::ops::RangeInclusive<std::time::Duration> =
+    std::time::Duration::from_millis(10)..=std::time::Duration::from_secs(60);
+
+/// A `--tick` duration within [`TICK`].
+pub fn parse_tick(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| {
+        format!(
+            "`{}` is not a duration like 250ms ({e})",
+            emoe_core::echo::echo(s)
+        )
+    })?;
+    if !TICK.contains(&d) {
+        return Err(format!(
+            "`{}` is outside 10ms..=1m",
+            emoe_core::echo::echo(s)
+        ));
+    }
+    Ok(d)
+}
+
+/// A request rate (requests/s): finite, 0 to 100 000.
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|_| {
+        format!(
+            "`{}` is not a number of requests/s",
+            emoe_core::echo::echo(s)
+        )
+    })?;
+    if !(v.is_finite() && (0.0..=100_000.0).contains(&v)) {
+        return Err(format!(
+            "`{}` is outside 0..=100000 requests/s",
+            emoe_core::echo::echo(s)
+        ));
+    }
+    Ok(v)
+}
+
+/// Parse the command line, or exit as clap would (help and version 0, errors 2) with every
+/// echoed value bounded ([`emoe_core::echo::bound_words`]): clap quotes a bad value whole.
+pub fn parse_or_exit<C: Parser>() -> C {
+    match C::try_parse() {
+        Ok(c) => c,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let text = emoe_core::echo::bound_words(&e.render().to_string());
+            eprint!("{text}");
+            std::process::exit(e.exit_code());
+        }
+    }
 }
 
 /// Run a parsed command line.
@@ -171,6 +263,53 @@ mod tests {
         assert_eq!(parse_size("4096"), Ok(4096));
         assert!(parse_size("lots").unwrap_err().contains("`lots`"));
         assert!(parse_size("0").is_err());
+    }
+
+    #[test]
+    fn node_sizes_are_bounded() {
+        assert_eq!(parse_granularity("2MiB"), Ok(2 << 20));
+        let e = parse_granularity("1EiB").unwrap_err();
+        assert!(e.contains("`1EiB`") && e.contains("4KiB..=1GiB"), "{e}");
+        assert!(
+            parse_granularity("96KiB")
+                .unwrap_err()
+                .contains("power of two")
+        );
+        assert!(parse_hbm("512KiB").is_err());
+        assert!(parse_hbm("1EiB").unwrap_err().contains("16TiB"));
+        assert_eq!(parse_hbm("64GiB"), Ok(64 << 30));
+    }
+
+    #[test]
+    fn ticks_and_rates_are_bounded() {
+        assert_eq!(
+            parse_tick("250ms"),
+            Ok(std::time::Duration::from_millis(250))
+        );
+        for bad in ["0s", "1ms", "1h", "soon"] {
+            assert!(
+                parse_tick(bad).unwrap_err().contains(&format!("`{bad}`")),
+                "{bad}"
+            );
+        }
+        assert_eq!(parse_rate("2.5"), Ok(2.5));
+        for bad in ["-1", "NaN", "inf", "1e9", "fast"] {
+            assert!(
+                parse_rate(bad).unwrap_err().contains(&format!("`{bad}`")),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn kv_tokens_are_bounded() {
+        use clap::Parser;
+        for bad in ["0", "99999999999"] {
+            let e = Cli::try_parse_from(["emoe-agent", "inspect", "--kv-tokens", bad]).unwrap_err();
+            assert_eq!(e.exit_code(), 2);
+            let msg = e.to_string();
+            assert!(msg.contains("--kv-tokens") && msg.contains(bad), "{msg}");
+        }
     }
 
     #[test]

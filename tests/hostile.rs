@@ -1,0 +1,402 @@
+//! The hostile suite: bad flags, files, targets and faults against the real binaries. Each case
+//! asserts the documented exit code, that the message names the rule and the value, and that
+//! nothing changed: the files, their modes and the directories around the command, and (for cases
+//! against a running agent) the agent's instances and operations. It ends with one line,
+//! `hostile: N passed, N failed`, and fails if any case did.
+//!
+//! Add a case where a new input is refused: the table is the record of what the binaries refuse.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One bad input: what to run, and what must come back.
+struct Case {
+    name: &'static str,
+    bin: &'static str,
+    /// Arguments; `{dir}` is the case's scratch directory, `{agent}` the running agent's address.
+    args: Vec<String>,
+    env: Vec<(&'static str, String)>,
+    /// Files to lay in `{dir}` before the run (`path`, `contents`).
+    files: Vec<(&'static str, String)>,
+    /// Extra setup in `{dir}` (FIFOs, symlinks, sockets, modes).
+    setup: Option<fn(&Path)>,
+    code: i32,
+    /// Every fragment must appear in stderr: the rule and the value.
+    says: Vec<String>,
+    /// Most bytes stderr may hold (echoed values are bounded).
+    max_stderr: usize,
+    /// A case against the shared running agent: its state must not change.
+    agent: bool,
+}
+
+impl Case {
+    fn new(name: &'static str, bin: &'static str, args: &[&str], code: i32, says: &[&str]) -> Self {
+        Self {
+            name,
+            bin,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
+            files: Vec::new(),
+            setup: None,
+            code,
+            says: says.iter().map(|s| s.to_string()).collect(),
+            max_stderr: 4096,
+            agent: false,
+        }
+    }
+
+    fn env(mut self, k: &'static str, v: impl Into<String>) -> Self {
+        self.env.push((k, v.into()));
+        self
+    }
+
+    fn file(mut self, path: &'static str, contents: impl Into<String>) -> Self {
+        self.files.push((path, contents.into()));
+        self
+    }
+
+    fn setup(mut self, f: fn(&Path)) -> Self {
+        self.setup = Some(f);
+        self
+    }
+
+    fn against_agent(mut self) -> Self {
+        self.agent = true;
+        self
+    }
+}
+
+fn micro(args: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    v.extend(["--model", "micro-moe"].map(String::from));
+    v
+}
+
+/// The table. One case per class of input at least; see issue 13's list.
+fn cases() -> Vec<Case> {
+    let long_target = "dp2tp2ep4".repeat(12_000);
+    vec![
+        // ---- flags ----
+        Case::new(
+            "console theme not built in",
+            "emoe",
+            &["--theme", "neon", "--once"],
+            2,
+            &["--theme", "neon", "dark, light, mono, high-contrast"],
+        ),
+        Case::new(
+            "console keymap not built in",
+            "emoe",
+            &["--keymap", "emacs", "--once"],
+            2,
+            &["--keymap", "emacs", "default, vim"],
+        ),
+        Case::new(
+            "zero KV tokens",
+            "emoe-agent",
+            &["inspect", "--kv-tokens", "0"],
+            2,
+            &["--kv-tokens", "0"],
+        ),
+        Case::new(
+            "huge KV tokens",
+            "emoe-agent",
+            &["inspect", "--kv-tokens", "99999999999"],
+            2,
+            &["--kv-tokens", "99999999999"],
+        ),
+        Case::new(
+            "EiB granularity",
+            "emoe-agent",
+            &["inspect", "--granularity", "1EiB"],
+            2,
+            &["--granularity", "1EiB", "4KiB..=1GiB"],
+        ),
+        Case::new(
+            "EiB of memory per device",
+            "emoe-agent",
+            &["inspect", "--hbm", "1EiB"],
+            2,
+            &["--hbm", "1EiB", "16TiB"],
+        ),
+        Case::new(
+            "bench watch with a zero tick",
+            "emoe-agent",
+            &["bench", "watch", "--tick", "0s"],
+            2,
+            &["--tick", "0s", "10ms..=1m"],
+        ),
+        Case::new(
+            "bench watch with NaN traffic",
+            "emoe-agent",
+            &["bench", "watch", "--traffic", "NaN"],
+            2,
+            &["--traffic", "NaN"],
+        ),
+        Case {
+            max_stderr: 2048,
+            ..Case::new(
+                "a 100 KB target is echoed bounded",
+                "emoe-agent",
+                &[
+                    "plan",
+                    "--embedded",
+                    "--model",
+                    "micro-moe",
+                    "--to",
+                    &long_target,
+                ],
+                2,
+                &["--to", "characters)"],
+            )
+        },
+        // ---- the console waiting on an absent agent reports its own wait ----
+        Case::new(
+            "once waits as long as it was told",
+            "emoe",
+            &[
+                "--once",
+                "--wait",
+                "1s",
+                "--agent",
+                "unix:{dir}/absent.sock",
+            ],
+            1,
+            &["--wait 1s"],
+        ),
+        // ---- a running agent's state is untouched by refused calls ----
+        Case::new(
+            "scale to a config with another TP",
+            "emoe-agent",
+            &["scale", "--agent", "{agent}", "--to", "dp2tp4ep8", "--yes"],
+            2,
+            &["TP", "dp2tp4ep8"],
+        )
+        .against_agent(),
+        Case::new(
+            "scale to more devices than the node has",
+            "emoe-agent",
+            &[
+                "scale",
+                "--agent",
+                "{agent}",
+                "--to",
+                "dp64tp2ep128",
+                "--yes",
+            ],
+            3,
+            &["dp64tp2ep128"],
+        )
+        .against_agent(),
+        Case::new(
+            "cancel an operation that does not exist",
+            "emoe-agent",
+            &["cancel", "--agent", "{agent}", "999"],
+            2,
+            &["999"],
+        )
+        .against_agent(),
+    ]
+}
+
+/// Everything under `root` that a command could change: type, mode, size, mtime, link target.
+fn tree(root: &Path) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(m) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        let ft = m.file_type();
+        let kind = if ft.is_symlink() {
+            format!(
+                "link → {}",
+                std::fs::read_link(&p).map_or("?".into(), |t| t.display().to_string())
+            )
+        } else if ft.is_dir() {
+            "dir".into()
+        } else if ft.is_fifo() {
+            "fifo".into()
+        } else if ft.is_socket() {
+            "socket".into()
+        } else {
+            format!(
+                "file {} bytes, mtime {}",
+                m.len(),
+                m.mtime_nsec() + m.mtime() * 1_000_000_000
+            )
+        };
+        out.insert(p.clone(), format!("{kind}, mode {:o}", m.mode() & 0o7777));
+        if ft.is_dir() {
+            if let Ok(rd) = std::fs::read_dir(&p) {
+                stack.extend(rd.flatten().map(|e| e.path()));
+            }
+        }
+    }
+    out
+}
+
+/// The shared agent: micro-moe on 8 host devices, on a socket in its own directory.
+struct Agent {
+    child: std::process::Child,
+    sock: PathBuf,
+}
+
+impl Agent {
+    fn start(dir: &Path, cache: &Path) -> Self {
+        let sock = dir.join("agent.sock");
+        let child = Command::new(common::bin("emoe-agent"))
+            .args(micro(&[
+                "serve",
+                "--devices",
+                "8",
+                "--hbm",
+                "256MiB",
+                "--kv-tokens",
+                "256",
+            ]))
+            .arg("--socket")
+            .arg(&sock)
+            .env("EMOE_CACHE_DIR", cache)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start emoe-agent serve");
+        let a = Self { child, sock };
+        let end = Instant::now() + Duration::from_secs(120);
+        while a.state().is_none() {
+            assert!(Instant::now() < end, "the agent did not come up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        a
+    }
+
+    fn addr(&self) -> String {
+        format!("unix:{}", self.sock.display())
+    }
+
+    /// What a refused call must not change: instances and operations.
+    fn state(&self) -> Option<String> {
+        let out = Command::new(common::bin("emoe-agent"))
+            .args(["status", "--json", "--agent", &self.addr()])
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        Some(format!("{} {}", v["instances"], v["operations"]))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run one case; `Err` says what was wrong.
+fn run(c: &Case, scratch: &Path, cache: &Path, agent: Option<&Agent>) -> Result<(), String> {
+    let dir = scratch.join(c.name.replace(' ', "-"));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    for (p, text) in &c.files {
+        let p = dir.join(p);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+        }
+        std::fs::write(&p, text.replace("{dir}", &dir.display().to_string()))
+            .map_err(|e| e.to_string())?;
+    }
+    if let Some(f) = c.setup {
+        f(&dir);
+    }
+    let agent_addr = agent.map(Agent::addr).unwrap_or_default();
+    let subst = |s: &str| {
+        s.replace("{dir}", &dir.display().to_string())
+            .replace("{agent}", &agent_addr)
+    };
+    let before = (tree(&dir), tree(cache));
+    let state_before = agent.and_then(Agent::state);
+    let mut cmd = Command::new(common::bin(c.bin));
+    cmd.args(c.args.iter().map(|a| subst(a)))
+        .current_dir(&dir)
+        .env("EMOE_CACHE_DIR", cache)
+        .env("EMOE_CONFIG_DIR", dir.join("config"))
+        .stdin(Stdio::null());
+    for (k, v) in &c.env {
+        cmd.env(k, subst(v));
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", c.bin))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut wrong = Vec::new();
+    if out.status.code() != Some(c.code) {
+        wrong.push(format!("exit {:?}, want {}", out.status.code(), c.code));
+    }
+    for s in &c.says {
+        if !stderr.contains(&subst(s)) {
+            wrong.push(format!("stderr lacks `{s}`"));
+        }
+    }
+    if stderr.len() > c.max_stderr {
+        wrong.push(format!(
+            "stderr is {} bytes, over {}",
+            stderr.len(),
+            c.max_stderr
+        ));
+    }
+    if (tree(&dir), tree(cache)) != before {
+        wrong.push("files changed".into());
+    }
+    if agent.is_some() && agent.and_then(Agent::state) != state_before {
+        wrong.push("the agent's state changed".into());
+    }
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        let shown: String = stderr.chars().take(600).collect();
+        Err(format!("{}; stderr: {shown}", wrong.join("; ")))
+    }
+}
+
+#[test]
+fn every_hostile_input_is_refused_by_rule_and_changes_nothing() {
+    let scratch = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let cases = cases();
+    // One agent for the cases that need one, its checkpoint generated before any case runs so
+    // the cache holds still.
+    let agent = cases
+        .iter()
+        .any(|c| c.agent)
+        .then(|| Agent::start(scratch.path(), cache.path()));
+    let (mut passed, mut failed) = (0, Vec::new());
+    for c in &cases {
+        let a = if c.agent { agent.as_ref() } else { None };
+        match run(c, scratch.path(), cache.path(), a) {
+            Ok(()) => passed += 1,
+            Err(e) => failed.push(format!("{}: {e}", c.name)),
+        }
+    }
+    use std::io::Write;
+    let mut err = std::io::stderr();
+    for f in &failed {
+        let _ = writeln!(err, "hostile case failed: {f}");
+    }
+    let _ = writeln!(err, "hostile: {passed} passed, {} failed", failed.len());
+    assert!(
+        failed.is_empty(),
+        "{} hostile cases failed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+}

@@ -676,46 +676,11 @@ impl Server {
         devices.extend(free);
         devices.truncate(needed);
         let model = &old.model;
-        let per = model
-            .kv_bytes_per_token_per_layer(old.config.tp())
-            .saturating_mul(u64::from(model.num_layers));
-        let kv_len = old
-            .devices
-            .first()
-            .and_then(|r| hmm.allocation(r.kv_alloc))
-            .map_or(0, |a| a.len);
-        let kv_tokens = kv_len / per.max(1);
+        let kv_tokens = kv_tokens_of(&hmm, old);
         // What `Deployment::load` will ask of each device, against what is free once `old`
         // is unloaded.
-        let overflow = || ServeError::Refused(format!("the size of {to} overflows 64 bits"));
-        let kv_bytes = kv_tokens
-            .checked_mul(model.kv_bytes_per_token_per_layer(to.tp()))
-            .and_then(|b| b.checked_mul(u64::from(model.num_layers)))
-            .ok_or_else(overflow)?;
-        let placement = Placement::contiguous(model, &devices);
-        let expert_bytes = model.expert_bytes();
-        let round = |dev: DeviceId, b: u64| {
-            hmm.round_up(dev, b)
-                .map_err(|e| ServeError::Refused(e.to_string()))
-        };
-        for (i, &dev) in devices.iter().enumerate() {
-            let rank = to.tp_rank(i as u32);
-            let mut need = 0u64;
-            for p in model.non_expert_packs(to.tp(), rank) {
-                need = need
-                    .checked_add(round(dev, p.bytes)?)
-                    .ok_or_else(overflow)?;
-            }
-            let experts: u64 = placement
-                .layers
-                .keys()
-                .map(|&l| placement.experts_on(l, dev).len() as u64)
-                .sum();
-            need = experts
-                .checked_mul(round(dev, expert_bytes)?)
-                .and_then(|e| e.checked_add(need))
-                .and_then(|n| n.checked_add(round(dev, kv_bytes).ok()?))
-                .ok_or_else(overflow)?;
+        let need = load_need(&hmm, model, to, &devices, kv_tokens)?;
+        for (&dev, need) in devices.iter().zip(need) {
             let held: u64 = old
                 .devices
                 .iter()
@@ -739,6 +704,37 @@ impl Server {
             }
         }
         Ok(ColdFit { devices, kv_tokens })
+    }
+
+    /// Refuse `to` when this node could never hold it, even with nothing else loaded: more
+    /// devices than the node has, or more memory on one than its capacity (with the active
+    /// instance's KV cache size).
+    pub fn check_can_ever_hold(&self, to: ParallelConfig) -> Result<(), ServeError> {
+        let (_, old) = self.active_entry()?;
+        let hmm = self.shared.read();
+        let all: Vec<DeviceId> = hmm.devices().iter().map(|d| d.id).collect();
+        let needed = to.devices() as usize;
+        if all.len() < needed {
+            return Err(ServeError::Refused(format!(
+                "not enough devices: {to} needs {needed}, the node has {}",
+                all.len()
+            )));
+        }
+        let devices = &all[..needed];
+        let need = load_need(&hmm, &old.model, to, devices, kv_tokens_of(&hmm, &old))?;
+        for (&dev, need) in devices.iter().zip(need) {
+            let cap = hmm
+                .usage(dev)
+                .map_err(|e| ServeError::Refused(e.to_string()))?
+                .capacity;
+            if need > cap {
+                return Err(ServeError::Refused(format!(
+                    "not enough memory on device {dev}: {to} needs {need} bytes there, more \
+                     than its capacity of {cap}"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Make a freshly loaded `new` the active instance, with its workers.
@@ -1003,6 +999,64 @@ impl Server {
         };
         sh.lock().kv.retain_devices(&active);
     }
+}
+
+/// Tokens of KV cache per device of `dep`.
+fn kv_tokens_of(hmm: &Hmm, dep: &Deployment) -> u64 {
+    let model = &dep.model;
+    let per = model
+        .kv_bytes_per_token_per_layer(dep.config.tp())
+        .saturating_mul(u64::from(model.num_layers));
+    let len = dep
+        .devices
+        .first()
+        .and_then(|r| hmm.allocation(r.kv_alloc))
+        .map_or(0, |a| a.len);
+    len / per.max(1)
+}
+
+/// The bytes `Deployment::load` allocates on each of `devices` for `model` under `config`
+/// with `kv_tokens` of KV cache (granule-rounded, as it checks them).
+fn load_need(
+    hmm: &Hmm,
+    model: &ModelSpec,
+    config: ParallelConfig,
+    devices: &[DeviceId],
+    kv_tokens: u64,
+) -> Result<Vec<u64>, ServeError> {
+    let overflow = || ServeError::Refused(format!("the size of {config} overflows 64 bits"));
+    let kv_bytes = kv_tokens
+        .checked_mul(model.kv_bytes_per_token_per_layer(config.tp()))
+        .and_then(|b| b.checked_mul(u64::from(model.num_layers)))
+        .ok_or_else(overflow)?;
+    let placement = Placement::contiguous(model, devices);
+    let expert_bytes = model.expert_bytes();
+    let round = |dev: DeviceId, b: u64| {
+        hmm.round_up(dev, b)
+            .map_err(|e| ServeError::Refused(e.to_string()))
+    };
+    let mut out = Vec::with_capacity(devices.len());
+    for (i, &dev) in devices.iter().enumerate() {
+        let rank = config.tp_rank(i as u32);
+        let mut need = 0u64;
+        for p in model.non_expert_packs(config.tp(), rank) {
+            need = need
+                .checked_add(round(dev, p.bytes)?)
+                .ok_or_else(overflow)?;
+        }
+        let experts: u64 = placement
+            .layers
+            .keys()
+            .map(|&l| placement.experts_on(l, dev).len() as u64)
+            .sum();
+        need = experts
+            .checked_mul(round(dev, expert_bytes)?)
+            .and_then(|e| e.checked_add(need))
+            .and_then(|n| n.checked_add(round(dev, kv_bytes).ok()?))
+            .ok_or_else(overflow)?;
+        out.push(need);
+    }
+    Ok(out)
 }
 
 fn release(sh: &Shared, hmm: &mut Hmm, id: u64, dep: Deployment) {

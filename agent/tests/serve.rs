@@ -232,7 +232,14 @@ fn every_strategy_scales_while_serving_and_answers_do_not_change() {
         }
         std::thread::sleep(Duration::from_millis(20));
         let topo = Topology::uniform(1e10, 1e10);
-        let to: ParallelConfig = "dp3tp2ep6".parse().unwrap();
+        // Horizontal adds one replica of dp2tp2ep4: its target is two of them.
+        let to: ParallelConfig = if strategy == Strategy::Horizontal {
+            "dp4tp2ep8"
+        } else {
+            "dp3tp2ep6"
+        }
+        .parse()
+        .unwrap();
         let r = s
             .scale_with(strategy, to, &topo, &AtomicBool::new(false))
             .unwrap_or_else(|e| panic!("{strategy}: {e}"));

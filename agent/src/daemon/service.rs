@@ -4,7 +4,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -77,6 +77,13 @@ impl AgentService {
                 "operation {id} is already running: one scaling operation at a time"
             )));
         }
+        // The server's own flag too: an operation's record may read `done` a moment before its
+        // thread has let go of the node.
+        if d.server.is_scaling() {
+            return Err(Status::failed_precondition(
+                "an operation is already running: one scaling operation at a time",
+            ));
+        }
         let id = st.next_op;
         st.next_op += 1;
         let cancel = Arc::new(AtomicBool::new(false));
@@ -101,8 +108,21 @@ impl AgentService {
         d.log(&mut st, ts, "operation", msg);
         drop(st);
         let daemon = Arc::clone(d);
+        // Detached on purpose: one operation runs at a time, so at most one such thread lives
+        // (plus one finishing); its record, not its handle, carries the outcome.
         std::thread::spawn(move || {
-            let r = run(&daemon, &cancel);
+            // A panic ends the operation `failed` with its message; the record never stays
+            // running (which would refuse every later operation).
+            let r =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&daemon, &cancel)))
+                    .unwrap_or_else(|p| {
+                        let why = p
+                            .downcast_ref::<&str>()
+                            .map(|s| (*s).to_string())
+                            .or_else(|| p.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "a panic without a message".into());
+                        Err(format!("the operation panicked: {why}"))
+                    });
             daemon.tick();
             let mut st = daemon.lock();
             let ts = daemon.server.now();
@@ -119,7 +139,11 @@ impl AgentService {
                     Err(e) => {
                         let cancelled = e.contains("cancelled");
                         o.info.phase = if cancelled { "cancelled" } else { "failed" }.into();
-                        o.info.error = e.clone();
+                        o.info.error = if e.is_empty() {
+                            "the operation failed without a reason".into()
+                        } else {
+                            e.clone()
+                        };
                     }
                 }
             }
@@ -281,6 +305,19 @@ impl Agent for AgentService {
                 from.tp()
             )));
         }
+        // Too few devices, too little memory, a horizontal target that is not two replicas:
+        // refused here with the rule, before any operation is recorded.
+        let d = Arc::clone(&self.daemon);
+        tokio::task::spawn_blocking(move || d.server.check_target(strategy, to, &d.topology))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| {
+                if e.is_rule() {
+                    Status::failed_precondition(e.to_string())
+                } else {
+                    Status::invalid_argument(e.to_string())
+                }
+            })?;
         let id = self.start("scale", to, strategy, move |d, cancel| {
             d.server
                 .scale_with(strategy, to, &d.topology, cancel)
@@ -300,16 +337,21 @@ impl Agent for AgentService {
             .ops
             .get(&id)
             .ok_or_else(|| Status::not_found(format!("no operation {id}")))?;
-        match op.info.phase.as_str() {
-            "planned" | "preparing" => {
-                op.cancel.store(true, Ordering::Release);
-                Ok(Response::new(proto::CancelReply {
-                    phase: op.info.phase.clone(),
-                }))
-            }
-            p => Err(Status::failed_precondition(format!(
+        let refuse = |p: &str| {
+            Status::failed_precondition(format!(
                 "operation {id} is {p}: only an operation before its switchover can be cancelled"
-            ))),
+            ))
+        };
+        if matches!(op.info.phase.as_str(), "done" | "failed" | "cancelled") {
+            return Err(refuse(&op.info.phase));
+        }
+        // The live phase, from the operation itself (the record's lags by up to a tick): the
+        // cancel is carried out before the point of no return or refused past it.
+        match self.daemon.server.cancel_operation(&op.cancel) {
+            Ok(p) => Ok(Response::new(proto::CancelReply {
+                phase: super::phase_name(p).into(),
+            })),
+            Err(p) => Err(refuse(super::phase_name(p))),
         }
     }
 
@@ -322,6 +364,13 @@ impl Agent for AgentService {
         if replicas > 64 {
             return Err(Status::invalid_argument(format!(
                 "replicas: at most 64 redundant experts per layer, got {replicas}"
+            )));
+        }
+        // One operation at a time comes first: during a cold restart there is no active
+        // instance to rebalance, and that is the operation's doing, not the node's state.
+        if let Some(id) = Daemon::running_op(&self.daemon.lock()) {
+            return Err(Status::failed_precondition(format!(
+                "operation {id} is already running: one scaling operation at a time"
             )));
         }
         let to = active_config(&self.daemon)?;

@@ -118,6 +118,13 @@ fn node_options(s: &Scenario) -> Result<NodeOptions, CliError> {
     })
 }
 
+/// Sleep `s` seconds (validated times stay far below a Duration's range; clamp anyway so a
+/// caller's odd value cannot panic).
+fn sleep_s(s: f64) {
+    let s = s.clamp(0.0, emoe_core::traffic::MAX_SECONDS);
+    std::thread::sleep(Duration::try_from_secs_f64(s).unwrap_or_default());
+}
+
 /// A scaling step to run at a time.
 #[derive(Clone, Copy, Debug)]
 pub struct TimedStep {
@@ -186,7 +193,7 @@ pub fn drive(
             for r in requests {
                 let wait = t0 + r.arrival_s - server.now();
                 if wait > 0.0 {
-                    std::thread::sleep(Duration::from_secs_f64(wait));
+                    sleep_s(wait);
                 }
                 let prompt = prompt_ids(seed, r.id, r.prompt_tokens, vocab);
                 if let Err(e) = server.submit(Submit {
@@ -218,7 +225,7 @@ pub fn drive(
             for st in steps {
                 let wait = t0 + st.at_s - server.now();
                 if wait > 0.0 {
-                    std::thread::sleep(Duration::from_secs_f64(wait));
+                    sleep_s(wait);
                 }
                 let r = server
                     .scale_with(st.strategy, st.to, &topology, &AtomicBool::new(false))
@@ -469,6 +476,31 @@ pub fn run(s: &Scenario, json: bool, out: &mut dyn Write) -> Result<Report, CliE
         ..ServeOptions::default()
     };
     let (server, vocab) = start_server(&node_options(s)?, opts)?;
+    // A target this node could never hold is refused before the run starts.
+    let mut targets: Vec<(String, ParallelConfig)> = s
+        .scale
+        .iter()
+        .enumerate()
+        .map(|(i, st)| (format!("[[scale]] step {} (at {:?})", i + 1, st.at), st.to))
+        .collect();
+    if let Some(a) = &s.autoscale {
+        for dp in [a.min_dp, a.max_dp] {
+            let c = ParallelConfig::from_dp_tp(dp, s.serve.config.tp())
+                .map_err(|e| CliError::usage(anyhow::anyhow!("autoscale: {e}")))?;
+            targets.push((format!("autoscale at DP {dp}"), c));
+        }
+    }
+    for (what, to) in targets {
+        if let Err(e) = server.check_can_ever_hold(to) {
+            if let Ok(server) = Arc::try_unwrap(server) {
+                server.shutdown();
+            }
+            return Err(CliError::new(
+                exit::REFUSED,
+                anyhow::anyhow!("scenario {what} to {to} can never run on this node: {e}"),
+            ));
+        }
+    }
     let bw = measure_memcpy();
     let steps: Vec<TimedStep> = s
         .scale

@@ -188,6 +188,36 @@ mod humantime_serde_opt {
     }
 }
 
+/// The largest scenario file read.
+const MAX_FILE: u64 = 1 << 20;
+/// The most scaling steps.
+const MAX_STEPS: usize = 1000;
+/// The largest KV cache per device, tokens.
+const MAX_KV_TOKENS: u64 = 1 << 24;
+use emoe_core::traffic::MAX_SECONDS;
+
+/// A regular file's text, at most [`MAX_FILE`] bytes.
+fn read_capped(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let f = std::fs::File::open(path)?;
+    let m = f.metadata()?;
+    if !m.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let mut text = String::new();
+    f.take(MAX_FILE + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_FILE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {MAX_FILE} bytes"),
+        ));
+    }
+    Ok(text)
+}
+
 /// Why a scenario file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
@@ -210,7 +240,7 @@ impl Scenario {
     /// Read and check a scenario file. Relative paths inside (a checkpoint directory, a trace)
     /// are resolved from the file's directory.
     pub fn load(path: &Path) -> Result<Self, ScenarioError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+        let text = read_capped(path).map_err(|source| ScenarioError::Read {
             path: path.to_path_buf(),
             source,
         })?;
@@ -247,10 +277,34 @@ impl Scenario {
                 s.cluster.devices.to_string(),
             ));
         }
+        if !(1..=MAX_KV_TOKENS).contains(&s.model.kv_tokens) {
+            return Err(bad(
+                "model.kv_tokens must be between 1 and 16777216 tokens per device",
+                s.model.kv_tokens.to_string(),
+            ));
+        }
         s.traffic.validate().map_err(|e| ScenarioError::Parse {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
+        let within = |key: &'static str, d: Duration| {
+            if d.is_zero() || d.as_secs_f64() > MAX_SECONDS {
+                Err(ScenarioError::Invalid {
+                    path: path.to_path_buf(),
+                    rule: key,
+                    got: format!("{d:?}"),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        if let Some(w) = s.window {
+            within("window must be positive and at most a week", w)?;
+        }
+        if let Some(slo) = &s.slo {
+            within("slo.ttft must be positive and at most a week", slo.ttft)?;
+            within("slo.tpot must be positive and at most a week", slo.tpot)?;
+        }
         if let Some(a) = &s.autoscale {
             let dp = s.serve.config.dp();
             if a.min_dp == 0 || a.min_dp > dp || dp > a.max_dp {
@@ -265,10 +319,17 @@ impl Scenario {
                     format!("down_queue {} up_queue {}", a.down_queue, a.up_queue),
                 ));
             }
-            if a.interval.is_zero() {
-                return Err(bad("autoscale.interval must be positive", "0s".into()));
+            within(
+                "autoscale.interval must be positive and at most a week",
+                a.interval,
+            )?;
+            if a.cooldown.as_secs_f64() > MAX_SECONDS {
+                return Err(bad(
+                    "autoscale.cooldown must be at most a week",
+                    format!("{:?}", a.cooldown),
+                ));
             }
-            if a.max_dp * s.serve.config.tp() > s.cluster.devices {
+            if u64::from(a.max_dp) * u64::from(s.serve.config.tp()) > u64::from(s.cluster.devices) {
                 return Err(bad(
                     "autoscale.max_dp × TP must fit the cluster's devices",
                     format!(
@@ -279,6 +340,12 @@ impl Scenario {
                     ),
                 ));
             }
+        }
+        if s.scale.len() > MAX_STEPS {
+            return Err(bad(
+                "at most 1000 [[scale]] steps",
+                s.scale.len().to_string(),
+            ));
         }
         let mut last = Duration::ZERO;
         for st in &s.scale {
@@ -295,6 +362,18 @@ impl Scenario {
                     format!("{} from {}", st.to, s.serve.config),
                 ));
             }
+        }
+        let end = s.traffic.end_s();
+        if let Some((i, st)) = s
+            .scale
+            .iter()
+            .enumerate()
+            .find(|(_, st)| st.at.as_secs_f64() > end)
+        {
+            return Err(bad(
+                "a scaling step's `at` must lie within the traffic (its duration_s, else a week)",
+                format!("step {} at {:?}, the traffic ends at {end} s", i + 1, st.at),
+            ));
         }
         Ok(s)
     }

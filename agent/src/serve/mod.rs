@@ -103,6 +103,21 @@ pub enum ServeEvent {
     },
 }
 
+/// A test hook called at named points of a scaling operation (`"preparing"`, `"copies"`,
+/// `"reload"`, …): it may panic, or return an error that the operation treats as the failure
+/// of what comes next. Never set outside tests.
+#[derive(Clone)]
+pub struct FaultHook(pub Arc<FaultFn>);
+
+/// What a [`FaultHook`] runs: the point's name in, an injected failure out.
+pub type FaultFn = dyn Fn(&str) -> Result<(), String> + Send + Sync;
+
+impl std::fmt::Debug for FaultHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FaultHook")
+    }
+}
+
 /// Knobs of a server.
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
@@ -113,6 +128,9 @@ pub struct ServeOptions {
     /// new instance's weight mappings before the switchover. Off (the ablation), the runtime is
     /// built at the switchover and the first decode steps fault the pages in.
     pub pre_init: bool,
+    /// Fault injection for tests ([`FaultHook`]).
+    #[doc(hidden)]
+    pub fault: Option<FaultHook>,
 }
 
 impl Default for ServeOptions {
@@ -121,6 +139,7 @@ impl Default for ServeOptions {
             max_batch: 16,
             exec: ExecOptions::default(),
             pre_init: true,
+            fault: None,
         }
     }
 }
@@ -206,6 +225,8 @@ struct State {
 struct Shared {
     hmm: RwLock<Hmm>,
     state: Mutex<State>,
+    /// The running (or last) operation's live phase; see [`switch::Gate`].
+    gate: Mutex<switch::Gate>,
     wake: Condvar,
     start: Instant,
     opts: ServeOptions,
@@ -262,6 +283,12 @@ pub enum ServeError {
     Scale(#[from] ScaleError),
     #[error("an operation is already running: one scaling operation at a time")]
     Busy,
+    /// Cancelled before its point of no return; nothing changed.
+    #[error("cancelled while {phase}, before the switchover: nothing changed")]
+    Cancelled { phase: &'static str },
+    /// The operation's thread panicked; the operation failed and the next one may start.
+    #[error("the operation panicked: {0}")]
+    Panicked(String),
     #[error("the prompt is empty; a request needs at least one prompt token")]
     EmptyPrompt,
     #[error("output_tokens must be at least 1")]
@@ -329,6 +356,7 @@ impl Server {
         let shared = Arc::new(Shared {
             hmm: RwLock::new(hmm),
             state: Mutex::new(state),
+            gate: Mutex::new(switch::Gate::default()),
             wake: Condvar::new(),
             start: Instant::now(),
             opts,
@@ -356,6 +384,15 @@ impl Server {
                 .map_or(0, |i| groups_of(&i.deployment).len())
         };
         let mut w = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        // Workers of released instances have exited: join them here so the list holds only
+        // the live ones (one per replica of each instance), however many steps run.
+        let (done, live): (Vec<_>, Vec<_>) = std::mem::take(&mut *w)
+            .into_iter()
+            .partition(JoinHandle::is_finished);
+        *w = live;
+        for h in done {
+            let _ = h.join();
+        }
         for g in 0..groups {
             let sh = Arc::clone(&self.shared);
             w.push(
@@ -530,6 +567,11 @@ impl Server {
     /// Run `f` with the HMM read-locked (inspection).
     pub fn with_hmm<T>(&self, f: impl FnOnce(&Hmm) -> T) -> T {
         f(&self.shared.read())
+    }
+
+    /// Worker threads not yet joined (live ones, and any that exited since the last step).
+    pub fn worker_threads(&self) -> usize {
+        self.workers.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Stop the workers (in-flight requests are abandoned) and return the HMM and the active

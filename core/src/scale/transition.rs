@@ -356,7 +356,238 @@ enum SlotPlan {
     New(usize),
 }
 
+/// One target device's slots: device, TP rank, DP rank, non-expert packs, KV, experts.
+type Layout = (
+    DeviceId,
+    u32,
+    u32,
+    Vec<(PackKey, u64, SlotPlan)>,
+    SlotPlan,
+    BTreeMap<u32, Vec<(u32, SlotPlan, Option<usize>)>>,
+);
+
+/// Everything a transition decides before it touches the HMM.
+struct Decided {
+    wants: Vec<Want>,
+    layouts: Vec<Layout>,
+    stats: TransitionStats,
+    base_slots: usize,
+    packs: Vec<Vec<Pack>>,
+    holds_bytes: bool,
+}
+
+/// Check `plan` against `dep`, decide every slot and check capacity per device: what
+/// [`Transition::prepare`] does before its first allocation, with no side effect.
+fn decide(
+    hmm: &Hmm,
+    dep: &Deployment,
+    plan: &Plan,
+    checkpoint: Option<&Checkpoint>,
+    options: &TransitionOptions,
+) -> Result<Decided, ScaleError> {
+    let old = OldState::new(dep);
+    let ix = PlanIndex::new(plan);
+    check_plan(dep, plan, &old, &ix)?;
+    let model = &dep.model;
+    let to = plan.to;
+    let tp = to.tp();
+    let holds_bytes = hmm.backend().holds_bytes();
+    let cold = options.cold;
+    let disk = options.source == Source::Disk || cold;
+    if disk && holds_bytes && checkpoint.is_none() {
+        return Err(ScaleError::NoCheckpoint {
+            what: PackKey::Globals,
+        });
+    }
+    let from_dev = |src: DeviceId, a: AllocId| {
+        if disk {
+            JobFrom::Disk
+        } else {
+            JobFrom::Device(src, a)
+        }
+    };
+    let kv_len = dep
+        .devices
+        .first()
+        .and_then(|r| hmm.allocation(r.kv_alloc))
+        .map_or(0, |a| a.len);
+    let base_slots = dep
+        .devices
+        .first()
+        .and_then(|r| r.experts.values().next())
+        .map_or(0, |s| s.slots.len());
+    let expert_bytes = model.expert_bytes();
+    let packs: Vec<Vec<Pack>> = (0..tp).map(|r| model.non_expert_packs(tp, r)).collect();
+
+    // Decide every slot before touching the HMM.
+    let mut wants: Vec<Want> = Vec::new();
+    let mut stats = TransitionStats::default();
+    let mut layouts = Vec::with_capacity(plan.devices.len());
+    for (i, &dev) in plan.devices.iter().enumerate() {
+        let rank = to.tp_rank(i as u32);
+        // A cold build sees every device as new and reads every byte from disk.
+        let mine = old.regions.get(&dev).filter(|_| !cold);
+        let mut non_expert = Vec::new();
+        for p in &packs[rank as usize] {
+            if cold {
+                wants.push(Want {
+                    device: dev,
+                    len: p.bytes,
+                    tag: RegionTag::non_expert(layer_of(p.key)),
+                    fill: Some((p.key, rank, None, JobFrom::Disk)),
+                });
+                non_expert.push((p.key, p.bytes, SlotPlan::New(wants.len() - 1)));
+                continue;
+            }
+            let slot = match mine.and_then(|_| old.pack_alloc(dev, p.key)) {
+                Some(a) if options.zero_copy => {
+                    stats.zero_copy_bytes += p.bytes;
+                    SlotPlan::Map(a)
+                }
+                Some(a) => {
+                    wants.push(Want {
+                        device: dev,
+                        len: p.bytes,
+                        tag: RegionTag::non_expert(layer_of(p.key)),
+                        fill: Some((p.key, rank, None, JobFrom::Device(dev, a))),
+                    });
+                    SlotPlan::New(wants.len() - 1)
+                }
+                None => {
+                    let (src, step) = ix.packs.get(&(dev, p.key)).copied().ok_or_else(|| {
+                        mismatch(format!("no step copies {:?} to new device {dev}", p.key))
+                    })?;
+                    let a = old.pack_alloc(src, p.key).ok_or_else(|| {
+                        mismatch(format!(
+                            "{:?} is copied from {src}, which does not hold it",
+                            p.key
+                        ))
+                    })?;
+                    wants.push(Want {
+                        device: dev,
+                        len: p.bytes,
+                        tag: RegionTag::non_expert(layer_of(p.key)),
+                        fill: Some((p.key, rank, Some(step), from_dev(src, a))),
+                    });
+                    SlotPlan::New(wants.len() - 1)
+                }
+            };
+            non_expert.push((p.key, p.bytes, slot));
+        }
+        let kv = match mine {
+            Some(r) if options.zero_copy => {
+                stats.zero_copy_bytes += kv_len;
+                SlotPlan::Map(r.kv_alloc)
+            }
+            _ => {
+                wants.push(Want {
+                    device: dev,
+                    len: kv_len,
+                    tag: RegionTag::kv(None),
+                    fill: None,
+                });
+                SlotPlan::New(wants.len() - 1)
+            }
+        };
+        let mut experts = BTreeMap::new();
+        for &l in plan.target_placement.layers.keys() {
+            let target = plan.target_placement.experts_on(l, dev);
+            let now = old.experts_on(dev, l);
+            let changed = target.iter().copied().collect::<BTreeSet<_>>() != now;
+            let realloc = options.experts == ExpertMode::Realloc && changed;
+            let mut slots = Vec::with_capacity(target.len());
+            for (s, &x) in target.iter().enumerate() {
+                let key = PackKey::Expert {
+                    layer: l,
+                    expert: x,
+                };
+                let remap = ix.remaps.get(&(dev, l, s as u32)).copied();
+                if cold {
+                    wants.push(Want {
+                        device: dev,
+                        len: expert_bytes,
+                        tag: RegionTag::expert(l, x),
+                        fill: Some((key, 0, None, JobFrom::Disk)),
+                    });
+                    slots.push((x, SlotPlan::New(wants.len() - 1), remap));
+                    continue;
+                }
+                let slot = match old.expert_alloc(dev, l, x) {
+                    Some(a) if !realloc => {
+                        stats.zero_copy_bytes += expert_bytes;
+                        SlotPlan::Map(a)
+                    }
+                    Some(a) => {
+                        wants.push(Want {
+                            device: dev,
+                            len: expert_bytes,
+                            tag: RegionTag::expert(l, x),
+                            fill: Some((key, 0, remap, JobFrom::Device(dev, a))),
+                        });
+                        SlotPlan::New(wants.len() - 1)
+                    }
+                    None => {
+                        // check_plan made sure the move and its source exist.
+                        let (src, step) = ix.experts[&(dev, l, x)];
+                        let a = old.expert_alloc(src, l, x).ok_or_else(|| {
+                            mismatch(format!("expert {x} of layer {l} has no source"))
+                        })?;
+                        wants.push(Want {
+                            device: dev,
+                            len: expert_bytes,
+                            tag: RegionTag::expert(l, x),
+                            fill: Some((key, 0, Some(step), from_dev(src, a))),
+                        });
+                        SlotPlan::New(wants.len() - 1)
+                    }
+                };
+                slots.push((x, slot, remap));
+            }
+            experts.insert(l, slots);
+        }
+        layouts.push((dev, rank, to.dp_rank(i as u32), non_expert, kv, experts));
+    }
+
+    // Capacity, per device, before the first allocation.
+    let mut need: BTreeMap<DeviceId, u64> = BTreeMap::new();
+    for w in &wants {
+        let r = hmm.round_up(w.device, w.len)?;
+        *need.entry(w.device).or_default() += r;
+    }
+    for (dev, n) in &need {
+        let free = hmm.usage(*dev)?.free;
+        if *n > free {
+            return Err(ScaleError::NotEnoughMemory {
+                device: *dev,
+                need: *n,
+                have: free,
+            });
+        }
+        stats.allocated_bytes += n;
+    }
+    Ok(Decided {
+        wants,
+        layouts,
+        stats,
+        base_slots,
+        packs,
+        holds_bytes,
+    })
+}
+
 impl Transition {
+    /// Whether [`prepare`](Self::prepare) would pass its checks (the plan, the free memory of
+    /// every device) now, without touching the HMM: a refusal before anything starts.
+    pub fn check(
+        hmm: &Hmm,
+        dep: &Deployment,
+        plan: &Plan,
+        checkpoint: Option<&Checkpoint>,
+        options: &TransitionOptions,
+    ) -> Result<(), ScaleError> {
+        decide(hmm, dep, plan, checkpoint, options).map(|_| ())
+    }
+
     /// Check `plan` against `dep` and the free memory, then build the target view. On any error
     /// nothing is left behind.
     pub fn prepare(
@@ -366,188 +597,16 @@ impl Transition {
         checkpoint: Option<&Checkpoint>,
         options: &TransitionOptions,
     ) -> Result<Self, ScaleError> {
-        let old = OldState::new(dep);
-        let ix = PlanIndex::new(plan);
-        check_plan(dep, plan, &old, &ix)?;
+        let Decided {
+            wants,
+            layouts,
+            stats,
+            base_slots,
+            packs,
+            holds_bytes,
+        } = decide(hmm, dep, plan, checkpoint, options)?;
         let model = &dep.model;
         let to = plan.to;
-        let tp = to.tp();
-        let holds_bytes = hmm.backend().holds_bytes();
-        let cold = options.cold;
-        let disk = options.source == Source::Disk || cold;
-        if disk && holds_bytes && checkpoint.is_none() {
-            return Err(ScaleError::NoCheckpoint {
-                what: PackKey::Globals,
-            });
-        }
-        let from_dev = |src: DeviceId, a: AllocId| {
-            if disk {
-                JobFrom::Disk
-            } else {
-                JobFrom::Device(src, a)
-            }
-        };
-        let kv_len = dep
-            .devices
-            .first()
-            .and_then(|r| hmm.allocation(r.kv_alloc))
-            .map_or(0, |a| a.len);
-        let base_slots = dep
-            .devices
-            .first()
-            .and_then(|r| r.experts.values().next())
-            .map_or(0, |s| s.slots.len());
-        let expert_bytes = model.expert_bytes();
-        let packs: Vec<Vec<Pack>> = (0..tp).map(|r| model.non_expert_packs(tp, r)).collect();
-
-        // Decide every slot before touching the HMM.
-        let mut wants: Vec<Want> = Vec::new();
-        let mut stats = TransitionStats::default();
-        let mut layouts = Vec::with_capacity(plan.devices.len());
-        for (i, &dev) in plan.devices.iter().enumerate() {
-            let rank = to.tp_rank(i as u32);
-            // A cold build sees every device as new and reads every byte from disk.
-            let mine = old.regions.get(&dev).filter(|_| !cold);
-            let mut non_expert = Vec::new();
-            for p in &packs[rank as usize] {
-                if cold {
-                    wants.push(Want {
-                        device: dev,
-                        len: p.bytes,
-                        tag: RegionTag::non_expert(layer_of(p.key)),
-                        fill: Some((p.key, rank, None, JobFrom::Disk)),
-                    });
-                    non_expert.push((p.key, p.bytes, SlotPlan::New(wants.len() - 1)));
-                    continue;
-                }
-                let slot = match mine.and_then(|_| old.pack_alloc(dev, p.key)) {
-                    Some(a) if options.zero_copy => {
-                        stats.zero_copy_bytes += p.bytes;
-                        SlotPlan::Map(a)
-                    }
-                    Some(a) => {
-                        wants.push(Want {
-                            device: dev,
-                            len: p.bytes,
-                            tag: RegionTag::non_expert(layer_of(p.key)),
-                            fill: Some((p.key, rank, None, JobFrom::Device(dev, a))),
-                        });
-                        SlotPlan::New(wants.len() - 1)
-                    }
-                    None => {
-                        let (src, step) =
-                            ix.packs.get(&(dev, p.key)).copied().ok_or_else(|| {
-                                mismatch(format!("no step copies {:?} to new device {dev}", p.key))
-                            })?;
-                        let a = old.pack_alloc(src, p.key).ok_or_else(|| {
-                            mismatch(format!(
-                                "{:?} is copied from {src}, which does not hold it",
-                                p.key
-                            ))
-                        })?;
-                        wants.push(Want {
-                            device: dev,
-                            len: p.bytes,
-                            tag: RegionTag::non_expert(layer_of(p.key)),
-                            fill: Some((p.key, rank, Some(step), from_dev(src, a))),
-                        });
-                        SlotPlan::New(wants.len() - 1)
-                    }
-                };
-                non_expert.push((p.key, p.bytes, slot));
-            }
-            let kv = match mine {
-                Some(r) if options.zero_copy => {
-                    stats.zero_copy_bytes += kv_len;
-                    SlotPlan::Map(r.kv_alloc)
-                }
-                _ => {
-                    wants.push(Want {
-                        device: dev,
-                        len: kv_len,
-                        tag: RegionTag::kv(None),
-                        fill: None,
-                    });
-                    SlotPlan::New(wants.len() - 1)
-                }
-            };
-            let mut experts = BTreeMap::new();
-            for &l in plan.target_placement.layers.keys() {
-                let target = plan.target_placement.experts_on(l, dev);
-                let now = old.experts_on(dev, l);
-                let changed = target.iter().copied().collect::<BTreeSet<_>>() != now;
-                let realloc = options.experts == ExpertMode::Realloc && changed;
-                let mut slots = Vec::with_capacity(target.len());
-                for (s, &x) in target.iter().enumerate() {
-                    let key = PackKey::Expert {
-                        layer: l,
-                        expert: x,
-                    };
-                    let remap = ix.remaps.get(&(dev, l, s as u32)).copied();
-                    if cold {
-                        wants.push(Want {
-                            device: dev,
-                            len: expert_bytes,
-                            tag: RegionTag::expert(l, x),
-                            fill: Some((key, 0, None, JobFrom::Disk)),
-                        });
-                        slots.push((x, SlotPlan::New(wants.len() - 1), remap));
-                        continue;
-                    }
-                    let slot = match old.expert_alloc(dev, l, x) {
-                        Some(a) if !realloc => {
-                            stats.zero_copy_bytes += expert_bytes;
-                            SlotPlan::Map(a)
-                        }
-                        Some(a) => {
-                            wants.push(Want {
-                                device: dev,
-                                len: expert_bytes,
-                                tag: RegionTag::expert(l, x),
-                                fill: Some((key, 0, remap, JobFrom::Device(dev, a))),
-                            });
-                            SlotPlan::New(wants.len() - 1)
-                        }
-                        None => {
-                            // check_plan made sure the move and its source exist.
-                            let (src, step) = ix.experts[&(dev, l, x)];
-                            let a = old.expert_alloc(src, l, x).ok_or_else(|| {
-                                mismatch(format!("expert {x} of layer {l} has no source"))
-                            })?;
-                            wants.push(Want {
-                                device: dev,
-                                len: expert_bytes,
-                                tag: RegionTag::expert(l, x),
-                                fill: Some((key, 0, Some(step), from_dev(src, a))),
-                            });
-                            SlotPlan::New(wants.len() - 1)
-                        }
-                    };
-                    slots.push((x, slot, remap));
-                }
-                experts.insert(l, slots);
-            }
-            layouts.push((dev, rank, to.dp_rank(i as u32), non_expert, kv, experts));
-        }
-
-        // Capacity, per device, before the first allocation.
-        let mut need: BTreeMap<DeviceId, u64> = BTreeMap::new();
-        for w in &wants {
-            let r = hmm.round_up(w.device, w.len)?;
-            *need.entry(w.device).or_default() += r;
-        }
-        for (dev, n) in &need {
-            let free = hmm.usage(*dev)?.free;
-            if *n > free {
-                return Err(ScaleError::NotEnoughMemory {
-                    device: *dev,
-                    need: *n,
-                    have: free,
-                });
-            }
-            stats.allocated_bytes += n;
-        }
-
         let view = hmm.create_view(format!("{}@{}", options.view_name, to));
         let mut t = Transition {
             model: model.clone(),
@@ -573,20 +632,12 @@ impl Transition {
         }
     }
 
-    #[allow(clippy::type_complexity)]
     fn build(
         &mut self,
         hmm: &mut Hmm,
         model: &ModelSpec,
         wants: &[Want],
-        layouts: Vec<(
-            DeviceId,
-            u32,
-            u32,
-            Vec<(PackKey, u64, SlotPlan)>,
-            SlotPlan,
-            BTreeMap<u32, Vec<(u32, SlotPlan, Option<usize>)>>,
-        )>,
+        layouts: Vec<Layout>,
         base_slots: usize,
         packs: &[Vec<Pack>],
     ) -> Result<(), ScaleError> {

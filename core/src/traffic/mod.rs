@@ -63,6 +63,13 @@ use rng::Rng;
 
 /// The most requests a spec may generate (a trace may hold).
 pub const MAX_REQUESTS: u64 = 10_000_000;
+/// The most tokens a prompt or an output may have (a request's ids are allocated whole).
+pub const MAX_TOKENS: u32 = 1 << 20;
+/// The highest rate, requests per second.
+pub const MAX_RATE: f64 = 1e6;
+/// The latest time anything may happen, seconds (a week): durations, `at_s`, `over_s`, a
+/// trace's arrivals.
+pub const MAX_SECONDS: f64 = 7.0 * 24.0 * 3600.0;
 
 /// One request to send: when it arrives and how long it is.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -204,6 +211,26 @@ fn check_seconds(field: &'static str, v: f64) -> Result<(), TrafficError> {
     }
 }
 
+/// Upper bounds, checked after the request cap so a huge spec reports how many requests it
+/// would make.
+fn check_rate_bound(field: &'static str, v: f64) -> Result<(), TrafficError> {
+    if v > MAX_RATE {
+        return Err(invalid(
+            field,
+            "must be at most 1000000 requests per second",
+            v,
+        ));
+    }
+    Ok(())
+}
+
+fn check_seconds_bound(field: &'static str, v: f64) -> Result<(), TrafficError> {
+    if v > MAX_SECONDS {
+        return Err(invalid(field, "must be at most 604800 seconds (a week)", v));
+    }
+    Ok(())
+}
+
 impl Lengths {
     fn validate(self, field: &'static str) -> Result<(), TrafficError> {
         match self {
@@ -213,6 +240,9 @@ impl Lengths {
                 "uniform lengths need 1 ≤ min ≤ max",
                 format!("min {min} max {max}"),
             )),
+            Lengths::Fixed(n) | Lengths::Uniform { max: n, .. } if n > MAX_TOKENS => {
+                Err(invalid(field, "lengths must be at most 1048576 tokens", n))
+            }
             _ => Ok(()),
         }
     }
@@ -357,6 +387,9 @@ impl TrafficSpec {
                         self.duration_s,
                     ));
                 }
+                if self.duration_s.is_finite() {
+                    check_seconds_bound("duration_s", self.duration_s)?;
+                }
                 return Ok(()); // lengths and seed are unused
             }
         }
@@ -377,7 +410,38 @@ impl TrafficSpec {
                 cap: MAX_REQUESTS,
             });
         }
+        match self.profile {
+            Profile::Poisson { rate } => check_rate_bound("rate", rate)?,
+            Profile::Step {
+                before,
+                after,
+                at_s,
+            } => {
+                check_rate_bound("before", before)?;
+                check_rate_bound("after", after)?;
+                check_seconds_bound("at_s", at_s)?;
+            }
+            Profile::Ramp { from, to, over_s } => {
+                check_rate_bound("from", from)?;
+                check_rate_bound("to", to)?;
+                check_seconds_bound("over_s", over_s)?;
+            }
+            Profile::Offline { .. } | Profile::Trace { .. } => {}
+        }
+        if !matches!(self.profile, Profile::Offline { .. }) {
+            check_seconds_bound("duration_s", self.duration_s)?;
+        }
         Ok(())
+    }
+
+    /// The end of the traffic, seconds: the duration, else (offline, a whole trace)
+    /// [`MAX_SECONDS`].
+    pub fn end_s(&self) -> f64 {
+        match self.profile {
+            Profile::Offline { .. } => MAX_SECONDS,
+            _ if self.duration_s.is_finite() => self.duration_s.min(MAX_SECONDS),
+            _ => MAX_SECONDS,
+        }
     }
 
     /// The expected number of synthetic requests (exact for `offline`, 0 for `trace`).
@@ -405,7 +469,37 @@ impl TrafficSpec {
         let mut arrivals = Vec::new();
         let d = self.duration_s;
         match &self.profile {
-            Profile::Trace { path } => return trace::read(path, d),
+            Profile::Trace { path } => {
+                let reqs = trace::read(path, d)?;
+                // The file's rules are its reader's; these bounds are every spec's.
+                for r in &reqs {
+                    let bad = |field, rule, got: String| TrafficError::Invalid {
+                        field,
+                        rule,
+                        got: format!("{got} (request {} of trace `{}`)", r.id, path.display()),
+                    };
+                    if r.arrival_s > MAX_SECONDS {
+                        return Err(bad(
+                            "arrival_s",
+                            "must be at most 604800 seconds (a week)",
+                            r.arrival_s.to_string(),
+                        ));
+                    }
+                    for (field, n) in [
+                        ("prompt_tokens", r.prompt_tokens),
+                        ("output_tokens", r.output_tokens),
+                    ] {
+                        if n > MAX_TOKENS {
+                            return Err(bad(
+                                field,
+                                "must be at most 1048576 tokens",
+                                n.to_string(),
+                            ));
+                        }
+                    }
+                }
+                return Ok(reqs);
+            }
             Profile::Offline { count } => arrivals = vec![0.0; *count as usize],
             Profile::Poisson { rate } => poisson(&mut rng, *rate, 0.0, d, expected, &mut arrivals)?,
             Profile::Step {

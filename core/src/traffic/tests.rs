@@ -707,3 +707,97 @@ fn request_cap_refuses_huge_traffic_without_generating_it() {
         .unwrap();
     assert!(reqs.is_empty());
 }
+
+#[test]
+fn every_size_rate_and_time_has_an_upper_bound_checked_before_generating() {
+    let with = |prompt: Lengths, output: Lengths| TrafficSpec {
+        prompt,
+        output,
+        ..spec(Profile::Poisson { rate: 1.0 }, 10.0)
+    };
+    for (t, want) in [
+        (
+            with(Lengths::Fixed(4_000_000_000), Lengths::Fixed(1)),
+            "traffic `prompt`: lengths must be at most 1048576 tokens, got 4000000000",
+        ),
+        (
+            with(
+                Lengths::Fixed(1),
+                Lengths::Uniform {
+                    min: 1,
+                    max: u32::MAX,
+                },
+            ),
+            "traffic `output`: lengths must be at most 1048576 tokens, got 4294967295",
+        ),
+        (
+            spec(Profile::Poisson { rate: 1e-300 }, 1e10),
+            "traffic `duration_s`: must be at most 604800 seconds (a week), got 10000000000",
+        ),
+        (
+            spec(Profile::Poisson { rate: 2e6 }, 1e-3),
+            "traffic `rate`: must be at most 1000000 requests per second, got 2000000",
+        ),
+        (
+            spec(
+                Profile::Step {
+                    before: 1.0,
+                    after: 1.0,
+                    at_s: 1e12,
+                },
+                10.0,
+            ),
+            "traffic `at_s`: must be at most 604800 seconds (a week), got 1000000000000",
+        ),
+        (
+            spec(
+                Profile::Ramp {
+                    from: 1.0,
+                    to: 1.0,
+                    over_s: 1e9,
+                },
+                10.0,
+            ),
+            "traffic `over_s`: must be at most 604800 seconds (a week), got 1000000000",
+        ),
+        (
+            trace_spec(Path::new("t.jsonl"), 1e9),
+            "traffic `duration_s`: must be at most 604800 seconds (a week), got 1000000000",
+        ),
+    ] {
+        assert_eq!(err_of(&t), want);
+    }
+    // The largest bounded values pass.
+    with(Lengths::Fixed(MAX_TOKENS), Lengths::Fixed(MAX_TOKENS))
+        .validate()
+        .unwrap();
+    spec(Profile::Poisson { rate: 1e-3 }, MAX_SECONDS)
+        .validate()
+        .unwrap();
+}
+
+#[test]
+fn a_trace_beyond_the_bounds_is_refused_naming_the_key_and_the_request() {
+    let f = trace_file(
+        "{\"arrival_s\": 0.5, \"prompt_tokens\": 4, \"output_tokens\": 4}\n\
+         {\"arrival_s\": 1e12, \"prompt_tokens\": 4, \"output_tokens\": 4}\n",
+    );
+    let e = trace_spec(f.path(), f64::INFINITY)
+        .generate()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("traffic `arrival_s`: must be at most 604800 seconds (a week), got 1000000000000 (request 1 of trace"),
+        "{e}"
+    );
+    let f =
+        trace_file("{\"arrival_s\": 0.5, \"prompt_tokens\": 4000000000, \"output_tokens\": 4}\n");
+    let e = trace_spec(f.path(), f64::INFINITY)
+        .generate()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("traffic `prompt_tokens`: must be at most 1048576 tokens, got 4000000000"),
+        "{e}"
+    );
+}

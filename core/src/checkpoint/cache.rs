@@ -8,9 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use super::generate::expected_info;
-use super::{
-    CONFIG_FILE, CheckpointError, GENERATOR_VERSION, GeneratedInfo, INFO_FILE, WEIGHTS_FILE,
-};
+use super::{CONFIG_FILE, CheckpointError, GENERATOR_VERSION, GeneratedInfo, WEIGHTS_FILE};
 use crate::model::ModelSpec;
 
 /// Temporary directories older than this belong to a crashed generator (a generation takes
@@ -101,11 +99,9 @@ fn generate_into(
 /// Complete means: our record is there and matches, the config is there, and the weights file
 /// has the recorded size (catches a file truncated after the fact).
 fn is_complete(dir: &Path, expected: &GeneratedInfo) -> bool {
-    let info = std::fs::read(dir.join(INFO_FILE))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<GeneratedInfo>(&b).ok());
+    let info = super::loader::read_info(dir).ok().flatten();
     info.as_ref() == Some(expected)
-        && dir.join(CONFIG_FILE).is_file()
+        && crate::fsio::is_regular(&dir.join(CONFIG_FILE)).unwrap_or(false)
         && std::fs::metadata(dir.join(WEIGHTS_FILE)).is_ok_and(|m| m.len() == expected.file_bytes)
 }
 

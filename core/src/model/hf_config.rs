@@ -366,16 +366,22 @@ fn validate(s: &ModelSpec) -> Result<(), HfConfigError> {
     Ok(())
 }
 
+/// The largest `config.json` read: real ones are a few KB.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
 /// Read `config.json` (or a directory holding one). The spec is named after the directory.
+/// Only a regular file of at most [`MAX_CONFIG_BYTES`] is read.
 pub fn from_hf_config_file(path: &Path) -> Result<ModelSpec, HfConfigError> {
     let file = if path.is_dir() {
         path.join("config.json")
     } else {
         path.to_path_buf()
     };
-    let text = std::fs::read_to_string(&file).map_err(|source| HfConfigError::Io {
-        path: file.display().to_string(),
-        source,
+    let text = crate::fsio::read_to_string_capped(&file, MAX_CONFIG_BYTES).map_err(|e| {
+        HfConfigError::Io {
+            path: file.display().to_string(),
+            source: e.into_io(),
+        }
     })?;
     let name = file
         .parent()

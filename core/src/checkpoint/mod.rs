@@ -14,7 +14,7 @@ mod generate;
 mod loader;
 mod source;
 
-pub use cache::{cache_key, ensure_generated};
+pub use cache::{CREATED_MARKER, cache_key, ensure_generated};
 pub use error::CheckpointError;
 pub use generate::{GENERATOR_VERSION, GeneratedInfo, generate, tensor_bytes};
 pub use loader::Checkpoint;

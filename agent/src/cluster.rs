@@ -87,12 +87,31 @@ pub struct Node {
 }
 
 /// The cache directory for generated checkpoints: `--cache-dir`, else `$EMOE_CACHE_DIR`, else
-/// the platform cache dir (`~/.cache/elasticmoe` on Linux).
+/// the platform cache dir (`~/.cache/elasticmoe` on Linux). An empty `--cache-dir` or
+/// `EMOE_CACHE_DIR` is refused (exit 2): as a path it would mean the current directory.
 pub fn cache_root(explicit: Option<&Path>) -> Result<PathBuf, CliError> {
+    cache_root_from(explicit, std::env::var_os("EMOE_CACHE_DIR"))
+}
+
+fn cache_root_from(
+    explicit: Option<&Path>,
+    env: Option<std::ffi::OsString>,
+) -> Result<PathBuf, CliError> {
     if let Some(p) = explicit {
+        if p.as_os_str().is_empty() {
+            return Err(CliError::usage(anyhow::anyhow!(
+                "--cache-dir \"\": must name a directory"
+            )));
+        }
         return Ok(p.to_path_buf());
     }
-    if let Some(p) = std::env::var_os("EMOE_CACHE_DIR") {
+    if let Some(p) = env {
+        if p.is_empty() {
+            return Err(CliError::usage(anyhow::anyhow!(
+                "EMOE_CACHE_DIR is set but empty: set it to a directory, or unset it for the \
+                 default cache directory"
+            )));
+        }
         return Ok(PathBuf::from(p));
     }
     directories::ProjectDirs::from("", "", "elasticmoe")
@@ -286,5 +305,35 @@ fn resolve_model(
             let c = Checkpoint::open(&dir).map_err(CliError::failed)?;
             Ok((spec, Some(c)))
         }
+    }
+}
+
+#[cfg(test)]
+mod cache_root_tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_cache_dir_is_refused_not_taken_for_the_current_directory() {
+        let e = cache_root_from(None, Some("".into())).unwrap_err();
+        assert_eq!(e.code, crate::exit::USAGE);
+        assert!(
+            e.error
+                .to_string()
+                .contains("EMOE_CACHE_DIR is set but empty"),
+            "{}",
+            e.error
+        );
+        let e = cache_root_from(Some(Path::new("")), None).unwrap_err();
+        assert_eq!(e.code, crate::exit::USAGE);
+        assert!(e.error.to_string().contains("--cache-dir"), "{}", e.error);
+        assert_eq!(
+            cache_root_from(None, Some("/tmp/x".into())).unwrap(),
+            PathBuf::from("/tmp/x")
+        );
+        assert_eq!(
+            cache_root_from(Some(Path::new("/a")), Some("".into())).unwrap(),
+            PathBuf::from("/a"),
+            "the flag wins over the variable"
+        );
     }
 }

@@ -5,7 +5,8 @@
 //! - [`backend`]: the device-backend trait and its implementations (host, modeled, …).
 //! - [`hmm`]: the HBM Management Module — physical allocations, reservations, views, accounting.
 //! - [`model`]: model specs (presets and Hugging Face `config.json`), tensor inventories, sizes.
-//! - [`checkpoint`]: deterministic safetensors generation and a selective, memory-mapped loader.
+//! - [`checkpoint`]: deterministic safetensors generation and a selective loader.
+//! - [`fsio`]: reading named files: regular files only, capped.
 //! - [`deploy`]: a model placed on devices under a parallel config, loaded into the HMM.
 //! - [`engine`]: the MoE compute — real decode steps over an instance's HMM views.
 //! - [`plan`]: the scaling planner.
@@ -21,6 +22,7 @@ pub mod deploy;
 pub mod device;
 pub mod echo;
 pub mod engine;
+pub mod fsio;
 pub mod hmm;
 pub mod metrics;
 pub mod model;

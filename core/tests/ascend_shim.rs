@@ -44,8 +44,8 @@ fn hmm_round_trip_through_the_ascend_backend() {
 
     // Write through the old view, read back through the new view's own mapping.
     let w = pattern(3, 2 * G);
-    h.write_view(r_old, 0, &w).unwrap();
-    h.write_view(r_old, 2 * G, b"dense!").unwrap();
+    h.write_view_mut(r_old, 0, &w).unwrap();
+    h.write_view_mut(r_old, 2 * G, b"dense!").unwrap();
     let new_base = h.reservation(r_new).unwrap().range.base;
     assert_eq!(read_va(&backend, 0, new_base + 2 * G, w.len()).unwrap(), w);
     assert_eq!(&read_va(&backend, 0, new_base, 6).unwrap(), b"dense!");

@@ -242,7 +242,7 @@ fn hmm_round_trip(b: CudaBackend) {
 
     // Zero copy: written through the old view, read through the new view's own address.
     let w = pattern(7, 2 * g);
-    h.write_view(r_old, 0, &w).unwrap();
+    h.write_view_mut(r_old, 0, &w).unwrap();
     let new_base = h.reservation(r_new).unwrap().range.base;
     assert_eq!(read_va(&b, new_base + g, w.len()), w);
     assert_eq!(h.checksum(e0).unwrap(), xxhash_rust::xxh3::xxh3_64(&w));

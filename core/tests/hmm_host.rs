@@ -73,8 +73,8 @@ fn write_through_one_view_reads_through_another() {
     let used = h.usage(D0).unwrap().used;
 
     let data = pattern(5, n);
-    h.write_view(r1, 0, &data).unwrap();
-    let through_v2 = &h.view_bytes(r2).unwrap()[page() as usize..];
+    h.write_view_mut(r1, 0, &data).unwrap();
+    let through_v2 = h.view_range(r2, page(), n as usize).unwrap();
     assert_eq!(through_v2, &data[..]);
     let p1 = h.view_bytes(r1).unwrap().as_ptr();
     assert_ne!(
@@ -85,7 +85,7 @@ fn write_through_one_view_reads_through_another() {
     // The allocation's own bytes are the same pages too, and nothing new was allocated.
     assert_eq!(h.checksum(a).unwrap(), xxhash_rust::xxh3::xxh3_64(&data));
     assert_eq!(h.usage(D0).unwrap().used, used);
-    h.write(a, 7, b"direct").unwrap();
+    h.write_mut(a, 7, b"direct").unwrap();
     let mut out = [0u8; 6];
     h.read_view(r2, page() + 7, &mut out).unwrap();
     assert_eq!(&out, b"direct");
@@ -100,7 +100,7 @@ fn second_process_sees_the_same_pages() {
     let v = h.create_view("parent");
     let r = h.reserve(v, D0, &[n]).unwrap();
     h.map(r, 0, a).unwrap();
-    h.write_view(r, 0, &pattern(11, n)).unwrap();
+    h.write_view_mut(r, 0, &pattern(11, n)).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("child.sock");

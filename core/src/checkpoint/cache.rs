@@ -1,21 +1,27 @@
 //! A cache of generated checkpoints, one directory per (model, seed, generator version).
-//! A directory only ever appears under its final name complete: it is generated under a
-//! unique temporary name and renamed into place, so concurrent agents never see half a
-//! checkpoint, and a crash leaves only a temporary directory that is never reused.
+//! A directory only ever appears under its final name complete: it is generated in a fresh
+//! temporary directory (the `tempfile` crate, in the cache root) and renamed into place, so
+//! concurrent agents never see half a checkpoint. An error or a panic removes the temporary
+//! directory; a kill leaves one that is never reused, and removed later only if it carries the
+//! marker file our generator writes first (we never delete what we did not create).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use tempfile::TempDir;
+
 use super::generate::expected_info;
-use super::{
-    CONFIG_FILE, CheckpointError, GENERATOR_VERSION, GeneratedInfo, INFO_FILE, WEIGHTS_FILE,
-};
+use super::{CONFIG_FILE, CheckpointError, GENERATOR_VERSION, GeneratedInfo, WEIGHTS_FILE};
 use crate::model::ModelSpec;
 
 /// Temporary directories older than this belong to a crashed generator (a generation takes
 /// seconds) and are removed.
 const STALE_TEMP: Duration = Duration::from_secs(3600);
+
+/// Written first into every directory our generator creates: only directories carrying it are
+/// ever deleted by the cache (leftover temporaries, a damaged entry in the way).
+pub const CREATED_MARKER: &str = ".emoe-generated-here";
 
 /// The directory name of a cached checkpoint: `<name>-s<seed>-g<version>`.
 pub fn cache_key(spec: &ModelSpec, seed: u64) -> String {
@@ -47,11 +53,18 @@ pub fn ensure_generated(
     }
     std::fs::create_dir_all(cache_root)
         .map_err(|e| CheckpointError::io("create", cache_root, e))?;
-    let tmp = cache_root.join(format!(".{key}.tmp-{}", unique()));
+    // `0777` less the umask, as `create_dir` would: the entry is shared by the user's agents.
+    let tmp = tempfile::Builder::new()
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o777))
+        .prefix(&format!(".{key}.tmp-"))
+        .tempdir_in(cache_root)
+        .map_err(|e| CheckpointError::io("create a temporary directory in", cache_root, e))?;
+    let marker = tmp.path().join(CREATED_MARKER);
+    std::fs::write(&marker, format!("pid {}\n", std::process::id()))
+        .map_err(|e| CheckpointError::io("write", &marker, e))?;
     let result = generate_into(spec, seed, cache_root, &tmp, &dir, &expected);
-    if tmp.exists() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
+    // On success the directory was renamed away; otherwise `tmp` removes what is left.
+    drop(tmp);
     if result.is_ok() {
         remove_stale_temps(cache_root, &key);
     }
@@ -62,10 +75,11 @@ fn generate_into(
     spec: &ModelSpec,
     seed: u64,
     root: &Path,
-    tmp: &Path,
+    tmp: &TempDir,
     dir: &Path,
     expected: &GeneratedInfo,
 ) -> Result<(), CheckpointError> {
+    let tmp = tmp.path();
     let info = super::generate(spec, seed, tmp)?;
     if &info != expected {
         return Err(CheckpointError::Cache {
@@ -84,8 +98,9 @@ fn generate_into(
                     // Another generator won the race with identical bytes: use its directory.
                     return Ok(());
                 }
+                // Ours (it carries the marker): removed. Someone else's: kept, out of the way.
                 let aside = root.join(format!(".{}.stale-{}", cache_key(spec, seed), unique()));
-                if std::fs::rename(dir, &aside).is_ok() {
+                if std::fs::rename(dir, &aside).is_ok() && created_by_us(&aside) {
                     let _ = std::fs::remove_dir_all(&aside);
                 }
             }
@@ -101,11 +116,9 @@ fn generate_into(
 /// Complete means: our record is there and matches, the config is there, and the weights file
 /// has the recorded size (catches a file truncated after the fact).
 fn is_complete(dir: &Path, expected: &GeneratedInfo) -> bool {
-    let info = std::fs::read(dir.join(INFO_FILE))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<GeneratedInfo>(&b).ok());
+    let info = super::loader::read_info(dir).ok().flatten();
     info.as_ref() == Some(expected)
-        && dir.join(CONFIG_FILE).is_file()
+        && crate::fsio::is_regular(&dir.join(CONFIG_FILE)).unwrap_or(false)
         && std::fs::metadata(dir.join(WEIGHTS_FILE)).is_ok_and(|m| m.len() == expected.file_bytes)
 }
 
@@ -129,7 +142,14 @@ fn sync_dir(dir: &Path) -> Result<(), CheckpointError> {
         .map_err(|e| CheckpointError::io("sync", dir, e))
 }
 
-/// Best effort: removes temporary directories of `key` left by crashed generators.
+/// Whether our generator created `dir` (it carries the marker, as a regular file).
+fn created_by_us(dir: &Path) -> bool {
+    std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir())
+        && std::fs::symlink_metadata(dir.join(CREATED_MARKER)).is_ok_and(|m| m.is_file())
+}
+
+/// Best effort: removes temporary directories of `key` left by crashed generators of ours
+/// (an hour old and carrying the marker); anything else is left alone.
 fn remove_stale_temps(root: &Path, key: &str) {
     let Ok(entries) = std::fs::read_dir(root) else {
         return;
@@ -147,7 +167,7 @@ fn remove_stale_temps(root: &Path, key: &str) {
             .ok()
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age > STALE_TEMP);
-        if old {
+        if old && created_by_us(&e.path()) {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }

@@ -39,6 +39,8 @@ pub enum CheckpointError {
         expected: u64,
         found: u64,
     },
+    #[error("{}: changed while open: {why}", file.display())]
+    Changed { file: PathBuf, why: String },
     #[error("tensor `{tensor}` is missing from {}", file.display())]
     MissingTensor { tensor: String, file: PathBuf },
     #[error("tensor `{tensor}` in {}: dtype {found}, expected {expected}", file.display())]

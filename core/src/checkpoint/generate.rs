@@ -47,6 +47,11 @@ pub struct GeneratedInfo {
 /// Writes a complete checkpoint directory (`config.json`, `model.safetensors`,
 /// `emoe-checkpoint.json`) for `spec` into `dir`, creating it if needed. Tensors are written
 /// in `spec.tensors()` order, streamed in chunks so the model is never held in memory.
+///
+/// Every file is written under a fresh temporary name in `dir` (the `tempfile` crate) and
+/// renamed over its final name once complete and synced, so an interrupted generation never
+/// leaves a half-written file under a name a reader uses: an error or a panic removes the
+/// temporary file, a kill leaves a `.`-prefixed temporary that nothing reads.
 pub fn generate(spec: &ModelSpec, seed: u64, dir: &Path) -> Result<GeneratedInfo, CheckpointError> {
     let tensors = generatable_tensors(spec)?;
     std::fs::create_dir_all(dir).map_err(|e| CheckpointError::io("create", dir, e))?;
@@ -65,20 +70,20 @@ pub fn generate(spec: &ModelSpec, seed: u64, dir: &Path) -> Result<GeneratedInfo
 
     let header = header_bytes(&tensors)?;
     let data_bytes: u64 = tensors.iter().map(TensorSpec::bytes).sum();
-    // Written under another name and renamed: a reader that still maps an older file keeps
-    // its inode instead of seeing it truncated under it (SIGBUS).
-    let partial = dir.join(format!("{WEIGHTS_FILE}.partial"));
-    let file = File::create(&partial).map_err(|e| CheckpointError::io("create", &partial, e))?;
+    // Renamed into place: a reader that still has an older file open keeps its inode instead of
+    // seeing it rewritten under it.
+    let weights = dir.join(WEIGHTS_FILE);
+    let tmp = temp_in(dir, WEIGHTS_FILE)?;
     let file_bytes = header.len() as u64 + data_bytes;
     (|| {
+        let file = tmp.as_file();
         file.write_all_at(&header, 0)?;
         file.set_len(file_bytes)?;
-        write_data(&file, seed, &tensors, header.len() as u64)?;
+        write_data(file, seed, &tensors, header.len() as u64)?;
         file.sync_all()
     })()
-    .map_err(|e| CheckpointError::io("write", &partial, e))?;
-    let weights = dir.join(WEIGHTS_FILE);
-    std::fs::rename(&partial, &weights).map_err(|e| CheckpointError::io("rename", &weights, e))?;
+    .map_err(|e| CheckpointError::io("write", tmp.path(), e))?;
+    persist(tmp, &weights)?;
 
     let info = GeneratedInfo {
         generator_version: GENERATOR_VERSION,
@@ -93,6 +98,25 @@ pub fn generate(spec: &ModelSpec, seed: u64, dir: &Path) -> Result<GeneratedInfo
         .map_err(|e| CheckpointError::io("encode", INFO_FILE, std::io::Error::other(e)))?;
     write_file(&record, format!("{json}\n").as_bytes())?;
     Ok(info)
+}
+
+/// A new temporary file in `dir` for `name` (`.<name>.<random>.partial`), removed on drop.
+/// Created `0666` less the umask, as `File::create` would (not `tempfile`'s private `0600`).
+fn temp_in(dir: &Path, name: &str) -> Result<tempfile::NamedTempFile, CheckpointError> {
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .permissions(std::fs::Permissions::from_mode(0o666))
+        .prefix(&format!(".{name}."))
+        .suffix(".partial")
+        .tempfile_in(dir)
+        .map_err(|e| CheckpointError::io("create a temporary file in", dir, e))
+}
+
+/// Renames a complete temporary file over `path` (atomic on one file system).
+fn persist(tmp: tempfile::NamedTempFile, path: &Path) -> Result<(), CheckpointError> {
+    tmp.persist(path)
+        .map(drop)
+        .map_err(|e| CheckpointError::io("rename into place", path, e.error))
 }
 
 /// The exact bytes of the full tensor `t` as `generate` writes them for `seed`. FP8 tensors,
@@ -141,11 +165,25 @@ fn config_text(spec: &ModelSpec) -> Result<String, CheckpointError> {
         .map_err(|e| CheckpointError::io("encode", CONFIG_FILE, std::io::Error::other(e)))
 }
 
+/// Writes `bytes` to `path` through a temporary file renamed into place.
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    let mut f = File::create(path).map_err(|e| CheckpointError::io("create", path, e))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| CheckpointError::io("write", path, e))
+    let (dir, name) = match (path.parent(), path.file_name()) {
+        // A bare file name lies in the current directory.
+        (Some(d), Some(n)) if d.as_os_str().is_empty() => (Path::new("."), n.to_string_lossy()),
+        (Some(d), Some(n)) => (d, n.to_string_lossy()),
+        _ => {
+            return Err(CheckpointError::io(
+                "write",
+                path,
+                std::io::Error::other("not a file path"),
+            ));
+        }
+    };
+    let mut tmp = temp_in(dir, &name)?;
+    tmp.write_all(bytes)
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(|e| CheckpointError::io("write", tmp.path(), e))?;
+    persist(tmp, path)
 }
 
 pub(crate) fn safetensors_dtype(d: DType) -> Dtype {

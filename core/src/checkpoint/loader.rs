@@ -1,6 +1,6 @@
-//! The selective loader: a Hugging Face checkpoint directory, memory-mapped and validated
-//! against its `config.json`, read pack by pack — by layer, expert id and TP shard — so that
-//! each device reads only its own bytes, straight from the page cache.
+//! The selective loader: a Hugging Face checkpoint directory, opened and validated against its
+//! `config.json`, read pack by pack — by layer, expert id and TP shard — so that each device
+//! reads only its own bytes, straight from the page cache (positional reads; see `source.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -11,12 +11,17 @@ use safetensors::tensor::Metadata;
 use serde::Deserialize;
 
 use super::generate::safetensors_dtype;
-use super::mapping::Mapping;
+use super::source::Source;
 use super::{CONFIG_FILE, CheckpointError, GeneratedInfo, INDEX_FILE, INFO_FILE, WEIGHTS_FILE};
+use crate::fsio;
 use crate::model::{self, ModelSpec, Pack, PackedTensor, TensorSpec};
 
 /// Same limit as the safetensors crate: a larger length prefix means a corrupt file.
 const MAX_HEADER_BYTES: u64 = 100_000_000;
+/// `model.safetensors.index.json`: DeepSeek-V3's (91k tensors) is 9 MB.
+const MAX_INDEX_BYTES: u64 = 64 << 20;
+/// `emoe-checkpoint.json`: a few hundred bytes.
+pub(crate) const MAX_INFO_BYTES: u64 = 1 << 20;
 
 /// An open checkpoint: every tensor of its spec present with the right dtype and shape.
 /// `Send + Sync`: several threads may read packs at once.
@@ -25,16 +30,16 @@ pub struct Checkpoint {
     spec: ModelSpec,
     generated: Option<GeneratedInfo>,
     files: Vec<PathBuf>,
-    maps: Vec<Mapping>,
+    sources: Vec<Source>,
     index: HashMap<String, usize>,
     locs: Vec<TensorLoc>,
     bytes_read: AtomicU64,
 }
 
-/// Where one full tensor lies in the mappings, and how many of its bytes were copied out.
+/// Where one full tensor lies in its file, and how many of its bytes were copied out.
 struct TensorLoc {
     file: usize,
-    start: usize,
+    start: u64,
     len: usize,
     reads: AtomicU64,
 }
@@ -45,8 +50,9 @@ struct IndexFile {
 }
 
 impl Checkpoint {
-    /// Opens `dir`: reads `config.json`, maps `model.safetensors` (or every file named by
+    /// Opens `dir`: reads `config.json`, opens `model.safetensors` (or every file named by
     /// `model.safetensors.index.json`) and checks each tensor of the spec against the headers.
+    /// Only regular files are read, each within its size cap.
     pub fn open(dir: &Path) -> Result<Self, CheckpointError> {
         let config = dir.join(CONFIG_FILE);
         let mut spec =
@@ -56,22 +62,20 @@ impl Checkpoint {
             })?;
         // A generated checkpoint carries its preset's name; keep it so the spec compares equal
         // to the preset it was generated from (the config names it after the directory).
-        let generated = std::fs::read(dir.join(INFO_FILE))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<GeneratedInfo>(&b).ok());
+        let generated = read_info(dir)?;
         if let Some(g) = &generated {
             spec.name.clone_from(&g.model);
         }
 
         let (files, file_of) = weight_files(dir)?;
-        let maps = files
+        let sources = files
             .iter()
-            .map(|f| Mapping::open(f))
+            .map(|f| Source::open(f))
             .collect::<Result<Vec<_>, _>>()?;
         let headers = files
             .iter()
-            .zip(&maps)
-            .map(|(f, m)| parse_header(f, m.bytes()))
+            .zip(&sources)
+            .map(|(f, src)| parse_header(f, src))
             .collect::<Result<Vec<_>, _>>()?;
 
         let tensors = spec.tensors();
@@ -117,7 +121,7 @@ impl Checkpoint {
             index.insert(t.name.clone(), locs.len());
             locs.push(TensorLoc {
                 file,
-                start: data_start + a,
+                start: *data_start + a as u64,
                 len: b - a,
                 reads: AtomicU64::new(0),
             });
@@ -127,7 +131,7 @@ impl Checkpoint {
             spec,
             generated,
             files,
-            maps,
+            sources,
             index,
             locs,
             bytes_read: AtomicU64::new(0),
@@ -142,7 +146,7 @@ impl Checkpoint {
         &self.dir
     }
 
-    /// The safetensors files, in the order `open` mapped them.
+    /// The safetensors files, in the order `open` opened them.
     pub fn files(&self) -> &[PathBuf] {
         &self.files
     }
@@ -153,7 +157,7 @@ impl Checkpoint {
     }
 
     /// Fills `out[..pack.bytes]` with the pack's tensors (or their TP shards for `pack.tp`,
-    /// `pack.rank`), each at its offset, copied straight from the mapping; the padding between
+    /// `pack.rank`), each at its offset, read straight from the file; the padding between
     /// tensors and anything past `pack.bytes` is zeroed. Only the shard's bytes are touched.
     pub fn read_pack(&self, pack: &Pack, out: &mut [u8]) -> Result<(), CheckpointError> {
         self.read_pack_where(pack, out, |_| true)
@@ -180,7 +184,7 @@ impl Checkpoint {
         let mut copied = 0u64;
         for pt in &pack.tensors {
             let loc = self.loc(&pt.spec)?;
-            let src = &self.maps[loc.file].bytes()[loc.start..loc.start + loc.len];
+            let src = &self.sources[loc.file];
             let start = usize::try_from(pt.offset).unwrap_or(usize::MAX);
             // A pack whose offsets overlap or overrun `out` was not built by `Pack::build`.
             let bad = || CheckpointError::BufferTooSmall {
@@ -196,14 +200,14 @@ impl Checkpoint {
                 continue;
             }
             let mut w = start;
-            for (a, b) in pt.spec.shard_byte_ranges(pack.tp, pack.rank) {
-                // In range: the file's tensor has exactly `pt.spec.bytes()` bytes (checked in
-                // `loc`) and shard ranges lie inside the full tensor.
-                let piece = &src[a as usize..b as usize];
-                out.get_mut(w..w + piece.len())
-                    .ok_or_else(bad)?
-                    .copy_from_slice(piece);
-                w += piece.len();
+            // In range of the file: the tensor has exactly `pt.spec.bytes()` bytes there
+            // (checked in `loc` and by `parse_header`) and shard ranges lie inside it. Ranges
+            // that follow each other in the file are read with one call.
+            for (a, b) in coalesce(pt.spec.shard_byte_ranges(pack.tp, pack.rank)) {
+                let n = usize::try_from(b - a).map_err(|_| bad())?;
+                let dst = out.get_mut(w..w.saturating_add(n)).ok_or_else(bad)?;
+                src.read_at(loc.start + a, dst)?;
+                w += n;
             }
             let n = (w - start) as u64;
             loc.reads.fetch_add(n, Ordering::Relaxed);
@@ -228,7 +232,7 @@ impl Checkpoint {
             })
     }
 
-    /// Total bytes copied out of the mappings since `open`.
+    /// Total bytes copied out of the files since `open`.
     pub fn bytes_read(&self) -> u64 {
         self.bytes_read.load(Ordering::Relaxed)
     }
@@ -244,7 +248,7 @@ impl Checkpoint {
     /// Evicts every file of the checkpoint from the page cache (`POSIX_FADV_DONTNEED`), so the
     /// next read comes from disk: the cold-restart baseline.
     pub fn drop_page_cache(&self) -> Result<(), CheckpointError> {
-        for (f, m) in self.files.iter().zip(&self.maps) {
+        for (f, m) in self.files.iter().zip(&self.sources) {
             m.drop_page_cache()
                 .map_err(|e| CheckpointError::io("drop page cache of", f, e))?;
         }
@@ -271,17 +275,21 @@ fn weight_files(
     dir: &Path,
 ) -> Result<(Vec<PathBuf>, Option<HashMap<String, usize>>), CheckpointError> {
     let single = dir.join(WEIGHTS_FILE);
-    if single.is_file() {
+    // Something that is there but not a regular file (a directory, a FIFO, a symlink loop) is
+    // refused by name, not taken for a missing file.
+    let regular =
+        |p: &Path| fsio::is_regular(p).map_err(|e| CheckpointError::io("open", p, e.into_io()));
+    if regular(&single)? {
         return Ok((vec![single], None));
     }
     let index_path = dir.join(INDEX_FILE);
-    if !index_path.is_file() {
+    if !regular(&index_path)? {
         return Err(CheckpointError::NoWeights {
             dir: dir.to_path_buf(),
         });
     }
-    let text =
-        std::fs::read(&index_path).map_err(|e| CheckpointError::io("read", &index_path, e))?;
+    let text = fsio::read_regular_capped(&index_path, MAX_INDEX_BYTES)
+        .map_err(|e| CheckpointError::io("read", &index_path, e.into_io()))?;
     let index: IndexFile = serde_json::from_slice(&text).map_err(|e| CheckpointError::Index {
         path: index_path.clone(),
         why: e.to_string(),
@@ -312,35 +320,67 @@ fn weight_files(
     Ok((files, Some(file_of)))
 }
 
+/// The generator's record, when `dir` has one that parses (a checkpoint from elsewhere has
+/// none). Something there that is not a regular file of at most [`MAX_INFO_BYTES`] is refused.
+pub(crate) fn read_info(dir: &Path) -> Result<Option<GeneratedInfo>, CheckpointError> {
+    let path = dir.join(INFO_FILE);
+    match fsio::read_regular_capped(&path, MAX_INFO_BYTES) {
+        Ok(b) => Ok(serde_json::from_slice::<GeneratedInfo>(&b).ok()),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(CheckpointError::io("read", &path, e.into_io())),
+    }
+}
+
+/// Merges ranges that follow each other (`a.1 == b.0`) into one.
+fn coalesce(ranges: impl IntoIterator<Item = (u64, u64)>) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (a, b) in ranges {
+        match out.last_mut() {
+            Some(last) if last.1 == a => last.1 = b,
+            _ => out.push((a, b)),
+        }
+    }
+    out
+}
+
 /// Parses a safetensors header with the crate's own `Metadata` (which checks that the data
-/// offsets are contiguous and match each dtype and shape); returns where the data starts.
-fn parse_header(file: &Path, bytes: &[u8]) -> Result<(usize, Metadata), CheckpointError> {
-    let found = bytes.len() as u64;
+/// offsets are contiguous and match each dtype and shape); returns where the data starts. The
+/// header is read only after its length is checked against the cap and the file's size.
+fn parse_header(file: &Path, src: &Source) -> Result<(u64, Metadata), CheckpointError> {
+    let found = src.len();
     let truncated = |expected: u64| CheckpointError::Truncated {
         file: file.to_path_buf(),
         expected,
         found,
     };
-    let prefix: [u8; 8] = bytes
-        .get(..8)
-        .and_then(|p| p.try_into().ok())
-        .ok_or_else(|| truncated(8))?;
+    if found < 8 {
+        return Err(truncated(8));
+    }
+    let mut prefix = [0u8; 8];
+    src.read_at(0, &mut prefix)?;
     let n = u64::from_le_bytes(prefix);
     if n > MAX_HEADER_BYTES {
         return Err(CheckpointError::Header {
             file: file.to_path_buf(),
-            why: format!("header length {n} is implausible"),
+            why: format!("header length {n} is implausible (at most {MAX_HEADER_BYTES})"),
         });
     }
-    let data_start = 8 + n as usize;
-    let header = bytes
-        .get(8..data_start)
-        .ok_or_else(|| truncated(data_start as u64))?;
-    let meta: Metadata = serde_json::from_slice(header).map_err(|e| CheckpointError::Header {
+    let data_start = 8 + n;
+    if found < data_start {
+        return Err(truncated(data_start));
+    }
+    let mut header = vec![0u8; n as usize];
+    src.read_at(8, &mut header)?;
+    let meta: Metadata = serde_json::from_slice(&header).map_err(|e| CheckpointError::Header {
         file: file.to_path_buf(),
         why: e.to_string(),
     })?;
-    let expected = (data_start + meta.data_len()) as u64;
+    let expected = data_start
+        .checked_add(meta.data_len() as u64)
+        .ok_or_else(|| CheckpointError::Header {
+            file: file.to_path_buf(),
+            why: "the tensors' sizes overflow 64 bits".into(),
+        })?;
     if found < expected {
         return Err(truncated(expected));
     }

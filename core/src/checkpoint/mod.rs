@@ -1,19 +1,20 @@
 //! Checkpoints: deterministic generation of Hugging Face style checkpoint directories for the
-//! small presets, a cache of them, and a selective memory-mapped loader.
+//! small presets, a cache of them, and a selective loader (positional reads, no mmap: see
+//! `source.rs` for why).
 //!
 //! A checkpoint directory holds `config.json` (what [`crate::model::from_hf_config_file`]
 //! reads) and the weights as `model.safetensors` or as several files listed by
 //! `model.safetensors.index.json`. [`Checkpoint::read_pack`] copies one [`crate::model::Pack`]
 //! (one device allocation: a layer's non-expert TP shard or one expert) straight out of the
-//! mapping, so loading a deployment reads each device's bytes and nothing else.
+//! files, so loading a deployment reads each device's bytes and nothing else.
 
 mod cache;
 mod error;
 mod generate;
 mod loader;
-mod mapping;
+mod source;
 
-pub use cache::{cache_key, ensure_generated};
+pub use cache::{CREATED_MARKER, cache_key, ensure_generated};
 pub use error::CheckpointError;
 pub use generate::{GENERATOR_VERSION, GeneratedInfo, generate, tensor_bytes};
 pub use loader::Checkpoint;

@@ -110,6 +110,34 @@ pub enum HmmError {
         reservation: ReservationId,
         backend: BackendKind,
     },
+    #[error(
+        "{op} into allocation {alloc} refused: it is mapped by {mappings} slot(s), and mapped weights \
+         may be read in place through `&Hmm`; write it through `&mut Hmm` (write_mut, write_view_mut)"
+    )]
+    MappedReadOnly {
+        op: &'static str,
+        alloc: AllocId,
+        mappings: u32,
+    },
+    #[error(
+        "{op} into allocation {alloc} refused: it is shared with another process (exported or \
+         imported), which may read it in place; shared weights are read-only"
+    )]
+    SharedReadOnly { op: &'static str, alloc: AllocId },
+    #[error(
+        "reservation {reservation} cannot be lent in place: slot {slot} maps KV allocation {alloc}, \
+         which changes while serving; read it with read_view"
+    )]
+    KvNotLent {
+        reservation: ReservationId,
+        slot: usize,
+        alloc: AllocId,
+    },
+    #[error(
+        "reservation {reservation} cannot be lent in place: the HMM does not own its backend alone \
+         (another Arc or Weak of it exists, which could unmap or write the lent bytes)"
+    )]
+    BackendShared { reservation: ReservationId },
     #[error(transparent)]
     Backend(#[from] BackendError),
 }

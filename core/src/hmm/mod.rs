@@ -8,14 +8,55 @@
 //!
 //! Data calls (`write`, `read`, `copy`, `checksum`) take `&self`: on real backends they move bytes
 //! on shared device memory and may run on several threads while the books stay put.
+//!
+//! Memory safety of the in-place reads ([`Hmm::view_bytes`], [`Hmm::view_range`]): they lend
+//! `&[u8]` tied to `&Hmm`, so nothing reachable through `&Hmm` may change the lent bytes or their
+//! mappings. Hence:
+//! - mappings change only through `&mut Hmm` (map, unmap, release, free);
+//! - the backend is reachable through `&Hmm` only as a [`BackendRef`] (facts, telemetry, the
+//!   pool), never to map, unmap, free or write; and bytes are lent only while this HMM is the
+//!   backend's sole owner (no other `Arc` or `Weak` of it exists), so no one else can either;
+//! - writes through `&Hmm` ([`write`](Hmm::write), [`write_view`](Hmm::write_view),
+//!   [`copy`](Hmm::copy) and [`copy_range`](Hmm::copy_range) into their destination) reach only
+//!   KV memory, which is never lent as `&[u8]` (read it with [`read_view`](Hmm::read_view)), or
+//!   allocations no slot maps (so no lent slice covers them; mapping them needs `&mut Hmm`).
+//!   Mapped weights are written through `&mut Hmm` ([`write_mut`](Hmm::write_mut),
+//!   [`write_view_mut`](Hmm::write_view_mut));
+//! - weights shared with another HMM or process (exported or imported) are never written again
+//!   by this HMM; the peer is held to the same rule by the sharing protocol (the agent exports
+//!   only loaded weights and KV).
+//!
+//! The previously undefined pattern — unmapping through the backend while a slice is alive —
+//! no longer compiles:
+//!
+//! ```compile_fail
+//! # use emoe_core::hmm::{Hmm, ReservationId};
+//! fn unmap_under_a_slice(h: &Hmm, r: ReservationId) {
+//!     let bytes = h.view_bytes(r).unwrap();
+//!     let range = h.reservation(r).unwrap().range;
+//!     h.backend().unmap(range, range.base, range.size).unwrap(); // no `unmap` on BackendRef
+//!     let _ = bytes[0];
+//! }
+//! ```
+//!
+//! nor does writing a lent weight through `&Hmm`'s exclusive writers while the slice lives:
+//!
+//! ```compile_fail
+//! # use emoe_core::hmm::{Hmm, ReservationId};
+//! fn write_under_a_slice(h: &mut Hmm, r: ReservationId) {
+//!     let bytes = h.view_bytes(r).unwrap();
+//!     h.write_view_mut(r, 0, &[1]).unwrap(); // needs `&mut Hmm` while `bytes` borrows it
+//!     let _ = bytes[0];
+//! }
+//! ```
 
 mod account;
 mod error;
 mod types;
 mod view;
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use account::DeviceAccount;
 pub use error::HmmError;
@@ -24,8 +65,46 @@ pub use types::{
     ViewId,
 };
 
-use crate::backend::{DeviceBackend, DeviceInfo, SharedHandle};
+use crate::backend::{
+    BackendKind, BackendResult, DeviceBackend, DeviceInfo, DeviceTelemetry, SharedHandle,
+};
 use crate::device::DeviceId;
+
+/// The HMM's backend as `&Hmm` lends it: facts, telemetry and the pre-allocated pool. Calls that
+/// map, unmap, free or write memory are not reachable through it (see the module notes).
+#[derive(Clone, Copy, Debug)]
+pub struct BackendRef<'a>(&'a dyn DeviceBackend);
+
+impl BackendRef<'_> {
+    pub fn kind(&self) -> BackendKind {
+        self.0.kind()
+    }
+
+    pub fn devices(&self) -> &[DeviceInfo] {
+        self.0.devices()
+    }
+
+    pub fn holds_bytes(&self) -> bool {
+        self.0.holds_bytes()
+    }
+
+    pub fn copy_queues(&self) -> Option<usize> {
+        self.0.copy_queues()
+    }
+
+    pub fn pooled_bytes(&self) -> u64 {
+        self.0.pooled_bytes()
+    }
+
+    /// Fills the pre-allocated pool (memory no slot maps until the HMM allocates it).
+    pub fn prefault(&self, device: DeviceId, sizes: &[u64]) -> BackendResult<usize> {
+        self.0.prefault(device, sizes)
+    }
+
+    pub fn telemetry(&self, device: DeviceId) -> BackendResult<Option<DeviceTelemetry>> {
+        self.0.telemetry(device)
+    }
+}
 
 /// The HBM Management Module over one backend.
 #[derive(Debug)]
@@ -38,6 +117,9 @@ pub struct Hmm {
     next_alloc: u64,
     next_reservation: u64,
     next_view: u64,
+    /// Allocations exported to or imported from another HMM or process: their non-KV bytes are
+    /// never written again here (a peer may be reading them in place). `export` takes `&self`.
+    shared: Mutex<BTreeSet<AllocId>>,
     /// Bumped by every change to the books (allocations, reservations, maps, views, peaks), so
     /// observers can tell cheaply whether anything changed.
     generation: u64,
@@ -59,6 +141,7 @@ impl Hmm {
             next_alloc: 1,
             next_reservation: 1,
             next_view: 1,
+            shared: Mutex::new(BTreeSet::new()),
             generation: 0,
         }
     }
@@ -72,8 +155,46 @@ impl Hmm {
         self.generation = self.generation.wrapping_add(1);
     }
 
-    pub fn backend(&self) -> &Arc<dyn DeviceBackend> {
-        &self.backend
+    /// The backend's facts; mapping and memory calls stay behind the HMM's rules.
+    pub fn backend(&self) -> BackendRef<'_> {
+        BackendRef(self.backend.as_ref())
+    }
+
+    /// Whether this HMM is the only owner of its backend, so nothing outside it can map, unmap,
+    /// free or write the memory it lends as `&[u8]`. Only the HMM could make a new `Arc` or
+    /// `Weak` of it, and it never does, so the answer holds for as long as `&self` is borrowed.
+    fn owns_backend(&self) -> bool {
+        Arc::strong_count(&self.backend) == 1 && Arc::weak_count(&self.backend) == 0
+    }
+
+    fn shared(&self) -> std::sync::MutexGuard<'_, BTreeSet<AllocId>> {
+        // Inserts and removes never panic half-way, so a poisoned set is still consistent.
+        self.shared.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Refuses a write into `a` unless no lent slice can cover its bytes (see the module notes):
+    /// through `&self` (`exclusive` false) only KV or allocations no slot maps; never weights
+    /// shared with another HMM or process.
+    fn check_writable(
+        &self,
+        op: &'static str,
+        a: &Allocation,
+        exclusive: bool,
+    ) -> Result<(), HmmError> {
+        if a.tag.kind == RegionKind::Kv {
+            return Ok(());
+        }
+        if self.shared().contains(&a.id) {
+            return Err(HmmError::SharedReadOnly { op, alloc: a.id });
+        }
+        if !exclusive && a.mappings > 0 {
+            return Err(HmmError::MappedReadOnly {
+                op,
+                alloc: a.id,
+                mappings: a.mappings,
+            });
+        }
+        Ok(())
     }
 
     pub fn devices(&self) -> &[DeviceInfo] {
@@ -185,7 +306,12 @@ impl Hmm {
         }
         let size = self.account(device)?.check_fits(len)?;
         let handle = self.backend.import(device, shared, size)?;
-        self.book(device, size, len, tag, handle)
+        let id = self.book(device, size, len, tag, handle)?;
+        self.shared
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id);
+        Ok(id)
     }
 
     /// Prepares the backend's pre-allocated pool for allocations of `lens` bytes on `device`
@@ -209,6 +335,10 @@ impl Hmm {
             });
         }
         self.backend.free_physical(a.handle)?;
+        self.shared
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
         self.bump();
         if let Some(a) = self.allocs.remove(&id)
             && let Some(acc) = self.accounts.get_mut(&a.device)
@@ -265,9 +395,20 @@ impl Hmm {
         }
     }
 
-    /// Writes host bytes into an allocation at `offset` (within its requested length).
+    /// Writes host bytes into an allocation at `offset` (within its requested length). Through
+    /// `&self` only KV or an allocation no slot maps (a mapped weight may be lent as `&[u8]`);
+    /// see [`write_mut`](Self::write_mut).
     pub fn write(&self, id: AllocId, offset: u64, data: &[u8]) -> Result<(), HmmError> {
         let a = self.check_range("write", id, offset, data.len())?;
+        self.check_writable("write", a, false)?;
+        Ok(self.backend.write(a.handle, offset, data)?)
+    }
+
+    /// [`write`](Self::write) into any allocation this HMM does not share with a peer, mapped or
+    /// not: `&mut self` ends every slice lent by [`view_bytes`](Self::view_bytes).
+    pub fn write_mut(&mut self, id: AllocId, offset: u64, data: &[u8]) -> Result<(), HmmError> {
+        let a = self.check_range("write", id, offset, data.len())?;
+        self.check_writable("write", a, true)?;
         Ok(self.backend.write(a.handle, offset, data)?)
     }
 
@@ -289,6 +430,7 @@ impl Hmm {
                 dst_len: d.len,
             });
         }
+        self.check_writable("copy to", d, false)?;
         Ok(self.backend.copy(s.handle, 0, d.handle, 0, s.len)?)
     }
 
@@ -304,6 +446,7 @@ impl Hmm {
         let n = usize::try_from(len).unwrap_or(usize::MAX);
         let s = self.check_range("copy from", src, src_offset, n)?;
         let d = self.check_range("copy to", dst, dst_offset, n)?;
+        self.check_writable("copy to", d, false)?;
         Ok(self
             .backend
             .copy(s.handle, src_offset, d.handle, dst_offset, len)?)
@@ -315,10 +458,13 @@ impl Hmm {
         Ok(self.backend.checksum(a.handle, 0, a.len)?)
     }
 
-    /// A handle another process can import to map the same memory (zero copy).
+    /// A handle another process can import to map the same memory (zero copy). From then on
+    /// this HMM never writes the allocation unless it is KV (the peer may read it in place).
     pub fn export(&self, id: AllocId) -> Result<SharedHandle, HmmError> {
         let a = self.get_alloc(id)?;
-        Ok(self.backend.export(a.handle)?)
+        let h = self.backend.export(a.handle)?;
+        self.shared().insert(id);
+        Ok(h)
     }
 }
 

@@ -228,7 +228,7 @@ fn remap_to_smaller_allocation_closes_the_tail() {
     let mut h = Hmm::new(Arc::new(backend));
     let v = h.create_view("v");
     let r = h.reserve(v, D0, &[2 * page]).unwrap();
-    let big = h.alloc(D0, 2 * page, RegionTag::kv(None)).unwrap();
+    let big = h.alloc(D0, 2 * page, RegionTag::non_expert(None)).unwrap();
     let small = h.alloc(D0, page, RegionTag::kv(None)).unwrap();
     h.write(big, 0, &vec![7u8; 2 * page as usize]).unwrap();
     h.write(small, 0, &vec![9u8; page as usize]).unwrap();

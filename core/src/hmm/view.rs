@@ -7,11 +7,14 @@ use std::collections::BTreeSet;
 
 use super::Hmm;
 use super::error::HmmError;
-use super::types::{AllocId, Allocation, Reservation, ReservationId, Slot, View, ViewId};
+use super::types::{
+    AllocId, Allocation, RegionKind, Reservation, ReservationId, Slot, View, ViewId,
+};
 use crate::device::DeviceId;
 
 /// One slot's share of a byte range of a reservation.
 struct Piece {
+    slot: usize,
     alloc: AllocId,
     /// Offset inside the slot (and so inside the allocation).
     at: u64,
@@ -348,6 +351,7 @@ impl Hmm {
                 });
             }
             pieces.push(Piece {
+                slot: i,
                 alloc,
                 at: from - s.offset,
                 buf: (from - offset) as usize,
@@ -357,20 +361,51 @@ impl Hmm {
         Ok(pieces)
     }
 
+    /// Checks that `pieces` of `r` may be lent as `&[u8]` for as long as `&self` is borrowed:
+    /// none is KV (written through `&self` while serving) and no one but this HMM can reach the
+    /// backend (see the module notes of [`crate::hmm`]).
+    fn check_lendable(&self, r: &Reservation, pieces: &[Piece]) -> Result<(), HmmError> {
+        for pc in pieces {
+            if self.get_alloc(pc.alloc)?.tag.kind == RegionKind::Kv {
+                return Err(HmmError::KvNotLent {
+                    reservation: r.id,
+                    slot: pc.slot,
+                    alloc: pc.alloc,
+                });
+            }
+        }
+        if !self.owns_backend() {
+            return Err(HmmError::BackendShared { reservation: r.id });
+        }
+        // Pairs with the Release of the last other owner's drop: its calls happened before.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+        Ok(())
+    }
+
     /// The whole reservation as host bytes, read in place through its mappings (zero copy).
-    /// Needs every slot fully mapped and a backend with host pointers. The pages are shared:
-    /// writes through another view, another process or [`write`](Self::write) show up here.
+    /// Needs every slot fully mapped, no KV among them, a backend with host pointers that this
+    /// HMM owns alone. The bytes cannot change while the slice lives: every way to remap them
+    /// or write them needs `&mut Hmm` (see the module notes of [`crate::hmm`]).
     pub fn view_bytes(&self, res: ReservationId) -> Result<&[u8], HmmError> {
         let r = self.get_reservation(res)?;
-        self.pieces("view_bytes", r, 0, r.range.size as usize)?;
+        let len = usize::try_from(r.range.size).map_err(|_| HmmError::TooLarge {
+            what: "view",
+            bytes: r.range.size,
+        })?;
+        let pieces = self.pieces("view_bytes", r, 0, len)?;
         let p = self.host_pointer(r)?;
-        // SAFETY: every byte of the range is mapped readable (checked by `pieces`), and the
-        // mappings change only through `&mut self`, which this borrow excludes.
-        Ok(unsafe { std::slice::from_raw_parts(p, r.range.size as usize) })
+        self.check_lendable(r, &pieces)?;
+        // SAFETY: every byte of the range is mapped readable (checked by `pieces`). For the
+        // lifetime of `&self` nothing changes those bytes or their mappings: mappings change only
+        // through `&mut self`; writes through `&self` reach only KV (refused above) or unmapped
+        // allocations; this HMM owns the backend alone (checked) and lends it only as
+        // `BackendRef`; shared weights are written by no one (the sharing contract).
+        Ok(unsafe { std::slice::from_raw_parts(p, len) })
     }
 
     /// Bytes `[offset, offset + len)` of a reservation, read in place through its mappings (zero
-    /// copy). Only the touched slots need to be mapped (an expert range's spare slots may not be).
+    /// copy). Only the touched slots need to be mapped (an expert range's spare slots may not be);
+    /// the rules of [`view_bytes`](Self::view_bytes) apply to them.
     pub fn view_range(
         &self,
         res: ReservationId,
@@ -378,10 +413,11 @@ impl Hmm {
         len: usize,
     ) -> Result<&[u8], HmmError> {
         let r = self.get_reservation(res)?;
-        self.pieces("view_range", r, offset, len)?;
+        let pieces = self.pieces("view_range", r, offset, len)?;
         let p = self.host_pointer(r)?;
+        self.check_lendable(r, &pieces)?;
         // SAFETY: `[offset, offset + len)` lies in the reservation and is mapped readable
-        // (checked by `pieces`); mappings change only through `&mut self`, excluded by this borrow.
+        // (checked by `pieces`); it stays unchanged while `&self` lives, as in `view_bytes`.
         Ok(unsafe { std::slice::from_raw_parts(p.add(offset as usize), len) })
     }
 
@@ -419,12 +455,40 @@ impl Hmm {
         Ok(())
     }
 
-    /// Writes bytes into a reservation at `offset`, like [`read_view`](Self::read_view).
+    /// Writes bytes into a reservation at `offset`, like [`read_view`](Self::read_view). Through
+    /// `&self` only into KV slots (weights may be lent as `&[u8]`); see
+    /// [`write_view_mut`](Self::write_view_mut).
     pub fn write_view(&self, res: ReservationId, offset: u64, data: &[u8]) -> Result<(), HmmError> {
+        self.write_view_checked(res, offset, data, false)
+    }
+
+    /// [`write_view`](Self::write_view) into any slot whose allocation this HMM does not share
+    /// with a peer: `&mut self` ends every slice lent by [`view_bytes`](Self::view_bytes).
+    pub fn write_view_mut(
+        &mut self,
+        res: ReservationId,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), HmmError> {
+        self.write_view_checked(res, offset, data, true)
+    }
+
+    fn write_view_checked(
+        &self,
+        res: ReservationId,
+        offset: u64,
+        data: &[u8],
+        exclusive: bool,
+    ) -> Result<(), HmmError> {
         let r = self.get_reservation(res)?;
         let pieces = self.pieces("write_view", r, offset, data.len())?;
+        for pc in &pieces {
+            self.check_writable("write_view", self.get_alloc(pc.alloc)?, exclusive)?;
+        }
         if let Ok(p) = self.host_pointer(r) {
-            // SAFETY: `[offset, offset + len)` is mapped writable (checked by `pieces`).
+            // SAFETY: `[offset, offset + len)` is mapped writable (checked by `pieces`), and no
+            // slice lent by `view_bytes`/`view_range` covers it: it is KV, never lent, or the
+            // caller holds `&mut self` (checked by `check_writable`).
             unsafe {
                 std::ptr::copy_nonoverlapping(
                     data.as_ptr(),

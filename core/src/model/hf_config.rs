@@ -38,6 +38,19 @@ pub enum HfConfigError {
         "config.json: unknown field `{field}` for model_type `{model_type}` (it may change the model's shapes, so it is not ignored)"
     )]
     UnknownField { field: String, model_type: String },
+    #[error("config.json: field `{field}` is {value}, more than the limit of {limit}{what}")]
+    TooLarge {
+        field: String,
+        value: u64,
+        limit: u64,
+        /// What the value counts, when it is derived (e.g. " bytes of weights").
+        what: &'static str,
+    },
+    #[error(
+        "config.json: the weights come to {bytes} bytes, more than the limit of {limit} \
+         (from num_hidden_layers, the expert counts and the widths)"
+    )]
+    WeightsTooLarge { bytes: String, limit: u64 },
     #[error("config.json: field `{field}` has unsupported value {value}: {why}")]
     Unsupported {
         field: String,
@@ -250,7 +263,7 @@ pub fn from_hf_config(text: &str, name: &str) -> Result<ModelSpec, HfConfigError
             spec.num_routed_experts = f.u32("n_routed_experts")?;
             spec.num_shared_experts = f.opt_u32("n_shared_experts")?.unwrap_or(0);
             spec.shared_expert_intermediate_size =
-                spec.num_shared_experts * spec.moe_intermediate_size;
+                shared_width(spec.num_shared_experts, spec.moe_intermediate_size)?;
             spec.first_dense_layers = f.opt_u32("first_k_dense_replace")?.unwrap_or(0);
             spec.moe_layer_freq = f.opt_u32("moe_layer_freq")?.unwrap_or(1).max(1);
             spec.attention = Attention::Mla {
@@ -331,7 +344,212 @@ fn read_dtype(f: &mut Fields) -> Result<DType, HfConfigError> {
     }
 }
 
+/// Layers: DeepSeek-V3 has 61.
+pub const MAX_LAYERS: u32 = 1024;
+/// Routed experts per layer: DeepSeek-V3 has 256.
+pub const MAX_EXPERTS: u32 = 4096;
+/// Shared experts per layer: DeepSeek has 1 or 2.
+pub const MAX_SHARED_EXPERTS: u32 = 256;
+/// Attention (and KV) heads: DeepSeek-V3 has 128.
+pub const MAX_HEADS: u32 = 4096;
+/// Vocabulary: DeepSeek-V3 has 129280.
+pub const MAX_VOCAB: u32 = 1 << 22;
+/// Any one width (hidden, FFN, LoRA rank, head dim): DeepSeek-V3's widest is 18432.
+pub const MAX_DIM: u32 = 1 << 20;
+/// A product of widths that is one side of a matrix (heads × head dim, shared experts × width).
+pub const MAX_MATRIX_SIDE: u64 = 1 << 24;
+/// Routed experts over all layers, each a few tensors in the inventory: DeepSeek-V3 has 14848.
+pub const MAX_TOTAL_EXPERTS: u64 = 1 << 18;
+/// Bytes of weights: DeepSeek-V3 in bf16 is 1.3 TiB.
+pub const MAX_MODEL_BYTES: u64 = 64 << 40;
+
+fn too_large(field: &str, value: u64, limit: u64, what: &'static str) -> HfConfigError {
+    HfConfigError::TooLarge {
+        field: field.into(),
+        value,
+        limit,
+        what,
+    }
+}
+
+/// DeepSeek's shared-expert width, `n_shared_experts × moe_intermediate_size`, checked.
+fn shared_width(n: u32, width: u32) -> Result<u32, HfConfigError> {
+    if n > MAX_SHARED_EXPERTS {
+        return Err(too_large(
+            "n_shared_experts",
+            n.into(),
+            MAX_SHARED_EXPERTS.into(),
+            "",
+        ));
+    }
+    if width > MAX_DIM {
+        return Err(too_large(
+            "moe_intermediate_size",
+            width.into(),
+            MAX_DIM.into(),
+            "",
+        ));
+    }
+    let w = u64::from(n) * u64::from(width);
+    if w > MAX_MATRIX_SIDE {
+        return Err(too_large(
+            "n_shared_experts",
+            w,
+            MAX_MATRIX_SIDE,
+            " (n_shared_experts × moe_intermediate_size)",
+        ));
+    }
+    Ok(w as u32)
+}
+
+/// The config key of the routed-expert count in `family`'s configs.
+fn experts_key(family: Family) -> &'static str {
+    match family {
+        Family::DeepseekV2 | Family::DeepseekV3 => "n_routed_experts",
+        Family::Qwen2Moe | Family::Qwen3Moe => "num_experts",
+        Family::Mixtral => "num_local_experts",
+    }
+}
+
+impl ModelSpec {
+    /// Checks every count and width against its bound, and the derived sizes (matrix sides,
+    /// experts over all layers, bytes of weights) with checked arithmetic, before anything is
+    /// sized from the spec. Errors name the `config.json` key, the value and the bound.
+    pub fn check_limits(&self) -> Result<(), HfConfigError> {
+        let s = self;
+        let ffn_key = if s.family == Family::Mixtral {
+            "intermediate_size"
+        } else {
+            "moe_intermediate_size"
+        };
+        let mut counts: Vec<(&str, u32, u32)> = vec![
+            ("num_hidden_layers", s.num_layers, MAX_LAYERS),
+            (experts_key(s.family), s.num_routed_experts, MAX_EXPERTS),
+            ("num_experts_per_tok", s.top_k, MAX_EXPERTS),
+            ("n_shared_experts", s.num_shared_experts, MAX_SHARED_EXPERTS),
+            ("num_attention_heads", s.num_attention_heads, MAX_HEADS),
+            ("vocab_size", s.vocab_size, MAX_VOCAB),
+            ("hidden_size", s.hidden_size, MAX_DIM),
+            ("intermediate_size", s.intermediate_size, MAX_DIM),
+            (ffn_key, s.moe_intermediate_size, MAX_DIM),
+            (
+                "shared_expert_intermediate_size",
+                s.shared_expert_intermediate_size,
+                MAX_MATRIX_SIDE as u32,
+            ),
+            ("first_k_dense_replace", s.first_dense_layers, MAX_LAYERS),
+            ("moe_layer_freq", s.moe_layer_freq, MAX_LAYERS),
+            ("decoder_sparse_step", s.decoder_sparse_step, MAX_LAYERS),
+            (
+                "mlp_only_layers",
+                u32::try_from(s.mlp_only_layers.len()).unwrap_or(u32::MAX),
+                MAX_LAYERS,
+            ),
+        ];
+        // Matrix sides built from products, in u64 so nothing wraps.
+        let mut sides: Vec<(&str, u64)> = Vec::new();
+        let heads = u64::from(s.num_attention_heads);
+        match s.attention {
+            Attention::Mla {
+                q_lora_rank,
+                kv_lora_rank,
+                qk_nope_head_dim,
+                qk_rope_head_dim,
+                v_head_dim,
+            } => {
+                counts.extend([
+                    ("q_lora_rank", q_lora_rank.unwrap_or(0), MAX_DIM),
+                    ("kv_lora_rank", kv_lora_rank, MAX_DIM),
+                    ("qk_nope_head_dim", qk_nope_head_dim, MAX_DIM),
+                    ("qk_rope_head_dim", qk_rope_head_dim, MAX_DIM),
+                    ("v_head_dim", v_head_dim, MAX_DIM),
+                ]);
+                let (nope, rope, v) = (
+                    u64::from(qk_nope_head_dim),
+                    u64::from(qk_rope_head_dim),
+                    u64::from(v_head_dim),
+                );
+                sides.extend([
+                    ("num_attention_heads", heads * (nope + rope)),
+                    ("num_attention_heads", heads * (nope + v)),
+                    ("num_attention_heads", heads * v),
+                ]);
+            }
+            Attention::Gqa {
+                num_kv_heads,
+                head_dim,
+                ..
+            } => {
+                counts.extend([
+                    ("num_key_value_heads", num_kv_heads, MAX_HEADS),
+                    ("head_dim", head_dim, MAX_DIM),
+                ]);
+                sides.extend([
+                    ("num_attention_heads", heads * u64::from(head_dim)),
+                    (
+                        "num_key_value_heads",
+                        u64::from(num_kv_heads) * u64::from(head_dim),
+                    ),
+                ]);
+            }
+        }
+        for (field, v, limit) in counts {
+            if v > limit {
+                return Err(too_large(field, v.into(), limit.into(), ""));
+            }
+        }
+        for (field, v) in sides {
+            if v > MAX_MATRIX_SIDE {
+                return Err(too_large(
+                    field,
+                    v,
+                    MAX_MATRIX_SIDE,
+                    " as a matrix side (heads × head width)",
+                ));
+            }
+        }
+        // Bounded above, the inventory is small enough to build; sum it checked.
+        let moe_layers = s.moe_layers().len() as u64;
+        let experts = moe_layers * u64::from(s.num_routed_experts);
+        if experts > MAX_TOTAL_EXPERTS {
+            return Err(too_large(
+                experts_key(s.family),
+                experts,
+                MAX_TOTAL_EXPERTS,
+                " routed experts over all MoE layers",
+            ));
+        }
+        let over = || HfConfigError::WeightsTooLarge {
+            bytes: "more than 2^64".into(),
+            limit: MAX_MODEL_BYTES,
+        };
+        let mut total = 0u64;
+        for t in s.non_expert_tensors() {
+            let bytes = t
+                .shape
+                .iter()
+                .try_fold(t.dtype.bytes(), |a, &d| a.checked_mul(d))
+                .ok_or_else(over)?;
+            total = total.checked_add(bytes).ok_or_else(over)?;
+        }
+        let routed = s
+            .expert_bytes()
+            .checked_mul(experts)
+            .and_then(|b| b.checked_add(total))
+            .ok_or_else(over)?;
+        if routed > MAX_MODEL_BYTES {
+            return Err(HfConfigError::WeightsTooLarge {
+                bytes: routed.to_string(),
+                limit: MAX_MODEL_BYTES,
+            });
+        }
+        Ok(())
+    }
+}
+
 fn validate(s: &ModelSpec) -> Result<(), HfConfigError> {
+    // Bounds first: the checks below and every user of the spec size things from it.
+    s.check_limits()?;
     let positive = [
         ("hidden_size", s.hidden_size),
         ("num_attention_heads", s.num_attention_heads),
@@ -366,16 +584,22 @@ fn validate(s: &ModelSpec) -> Result<(), HfConfigError> {
     Ok(())
 }
 
+/// The largest `config.json` read: real ones are a few KB.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
 /// Read `config.json` (or a directory holding one). The spec is named after the directory.
+/// Only a regular file of at most [`MAX_CONFIG_BYTES`] is read.
 pub fn from_hf_config_file(path: &Path) -> Result<ModelSpec, HfConfigError> {
     let file = if path.is_dir() {
         path.join("config.json")
     } else {
         path.to_path_buf()
     };
-    let text = std::fs::read_to_string(&file).map_err(|source| HfConfigError::Io {
-        path: file.display().to_string(),
-        source,
+    let text = crate::fsio::read_to_string_capped(&file, MAX_CONFIG_BYTES).map_err(|e| {
+        HfConfigError::Io {
+            path: file.display().to_string(),
+            source: e.into_io(),
+        }
     })?;
     let name = file
         .parent()

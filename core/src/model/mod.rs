@@ -10,7 +10,11 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-pub use hf_config::{HfConfigError, from_hf_config, from_hf_config_file};
+pub use hf_config::{
+    HfConfigError, MAX_CONFIG_BYTES, MAX_DIM, MAX_EXPERTS, MAX_HEADS, MAX_LAYERS, MAX_MATRIX_SIDE,
+    MAX_MODEL_BYTES, MAX_SHARED_EXPERTS, MAX_TOTAL_EXPERTS, MAX_VOCAB, from_hf_config,
+    from_hf_config_file,
+};
 pub use packing::{Pack, PackKey, PackedTensor, TENSOR_ALIGN};
 pub use presets::{PRESETS, Preset, preset};
 pub use tensors::{GroupSizes, Split, TensorGroup, TensorSpec, even_range};

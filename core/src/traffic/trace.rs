@@ -10,8 +10,7 @@
 //! (equal arrivals are fine); both token counts are at least 1. Blank lines are skipped. Line
 //! numbers in errors count from 1 and include blank lines.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader, ErrorKind};
+use std::io::{BufRead, BufReader, ErrorKind, Read};
 use std::path::Path;
 
 use serde::Deserialize;
@@ -26,13 +25,21 @@ struct Line {
     output_tokens: u32,
 }
 
-/// Every request of the trace at `path` that arrives before `duration_s`, ids from 0.
+/// The largest trace read: [`MAX_REQUESTS`] lines of about 64 bytes each, with headroom.
+const MAX_TRACE_BYTES: u64 = 2 << 30;
+
+/// Every request of the trace at `path` that arrives before `duration_s`, ids from 0. Only a
+/// regular file of at most [`MAX_TRACE_BYTES`] is read (a FIFO or `/dev/zero` is refused).
 pub(super) fn read(path: &Path, duration_s: f64) -> Result<Vec<RequestSpec>, TrafficError> {
-    let file = File::open(path).map_err(|source| TrafficError::TraceRead {
-        path: path.to_path_buf(),
-        source,
+    let (file, _) = crate::fsio::open_regular_capped(path, MAX_TRACE_BYTES).map_err(|e| {
+        TrafficError::TraceRead {
+            path: path.to_path_buf(),
+            source: e.into_io(),
+        }
     })?;
-    parse(path, BufReader::new(file), duration_s)
+    // Never more than the cap, even from a file that grows while it is read.
+    let capped = file.take(MAX_TRACE_BYTES);
+    parse(path, BufReader::new(capped), duration_s)
 }
 
 /// [`read`] over any reader; `path` only names the trace in errors.

@@ -204,6 +204,15 @@ fn cases() -> Vec<Case> {
     ]
 }
 
+/// A loopback port something already listens on, for the whole run.
+fn busy_port() -> u16 {
+    static BUSY: std::sync::OnceLock<std::net::TcpListener> = std::sync::OnceLock::new();
+    BUSY.get_or_init(|| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port"))
+        .local_addr()
+        .expect("its address")
+        .port()
+}
+
 /// Everything under `root` that a command could change: type, mode, size, mtime, link target.
 fn tree(root: &Path) -> BTreeMap<PathBuf, String> {
     let mut out = BTreeMap::new();
@@ -303,6 +312,45 @@ impl Drop for Agent {
     }
 }
 
+/// Run `cmd` to its end, or kill it after `limit` (a hang is a failure, not a stuck suite).
+fn output_within(mut cmd: Command, limit: Duration) -> Result<std::process::Output, String> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run: {e}"))?;
+    // Drain the pipes on threads so a chatty child cannot block on a full pipe.
+    let mut out = child.stdout.take().expect("piped");
+    let mut err = child.stderr.take().expect("piped");
+    let o = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut out, &mut v);
+        v
+    });
+    let e = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut err, &mut v);
+        v
+    });
+    let end = Instant::now() + limit;
+    let status = loop {
+        if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
+            break st;
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("still running after {limit:?}: killed"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Ok(std::process::Output {
+        status,
+        stdout: o.join().unwrap_or_default(),
+        stderr: e.join().unwrap_or_default(),
+    })
+}
+
 /// Run one case; `Err` says what was wrong.
 fn run(c: &Case, scratch: &Path, cache: &Path, agent: Option<&Agent>) -> Result<(), String> {
     let dir = scratch.join(c.name.replace(' ', "-"));
@@ -322,6 +370,7 @@ fn run(c: &Case, scratch: &Path, cache: &Path, agent: Option<&Agent>) -> Result<
     let subst = |s: &str| {
         s.replace("{dir}", &dir.display().to_string())
             .replace("{agent}", &agent_addr)
+            .replace("{busy_port}", &busy_port().to_string())
     };
     let before = (tree(&dir), tree(cache));
     let state_before = agent.and_then(Agent::state);

@@ -77,10 +77,206 @@ fn micro(args: &[&str]) -> Vec<String> {
     v
 }
 
+/// micro-moe's `config.json` as the generator writes it; cases swap one value in.
+const MICRO_CONFIG: &str = r#"{
+  "first_k_dense_replace": 1, "hidden_act": "silu", "hidden_size": 128,
+  "intermediate_size": 256, "kv_lora_rank": 64, "model_type": "deepseek_v2",
+  "moe_intermediate_size": 64, "moe_layer_freq": 1, "n_routed_experts": 16,
+  "n_shared_experts": 1, "num_attention_heads": 4, "num_experts_per_tok": 4,
+  "num_hidden_layers": 4, "num_key_value_heads": 4, "q_lora_rank": null,
+  "qk_nope_head_dim": 32, "qk_rope_head_dim": 16, "rms_norm_eps": 1e-6,
+  "rope_theta": 10000.0, "tie_word_embeddings": false, "torch_dtype": "bfloat16",
+  "v_head_dim": 32, "vocab_size": 1024
+}"#;
+
+fn micro_config(key: &str, value: &str) -> String {
+    let at = MICRO_CONFIG
+        .find(&format!("\"{key}\": "))
+        .expect("key in MICRO_CONFIG");
+    let start = at + key.len() + 4;
+    let end = start + MICRO_CONFIG[start..].find([',', '\n']).expect("a value");
+    format!("{}{value}{}", &MICRO_CONFIG[..start], &MICRO_CONFIG[end..])
+}
+
+/// A small valid scenario on micro-moe with `traffic` and `steps` swapped in.
+fn scenario(top: &str, traffic: &str, steps: &str) -> String {
+    format!(
+        "name = \"hostile\"\n{top}\n[cluster]\nbackend = \"host\"\ndevices = 8\nhbm = \"256MiB\"\n\
+         [model]\nname = \"micro-moe\"\nkv_tokens = 1024\n[serve]\nconfig = \"dp2tp2ep4\"\n\
+         [traffic]\nprofile = \"poisson\"\noutput = {{ fixed = 4 }}\nseed = 4\n{traffic}\n{steps}\n"
+    )
+}
+
+const TRAFFIC: &str = "rate = 20.0\nprompt = { fixed = 4 }\nduration_s = 1.0";
+const STEP: &str = "[[scale]]\nat = \"500ms\"\nto = \"dp3tp2ep6\"";
+
 /// The table. One case per class of input at least; see issue 13's list.
 fn cases() -> Vec<Case> {
     let long_target = "dp2tp2ep4".repeat(12_000);
     vec![
+        // ---- files that are not regular, or too big ----
+        Case::new(
+            "config.json is /dev/zero",
+            "emoe-agent",
+            &["inspect", "--model", "{dir}/m"],
+            2,
+            &[
+                "{dir}/m/config.json",
+                "character device, not a regular file",
+            ],
+        )
+        .setup(|d| {
+            std::fs::create_dir(d.join("m")).unwrap();
+            std::os::unix::fs::symlink("/dev/zero", d.join("m/config.json")).unwrap();
+        }),
+        Case::new(
+            "config.json is a FIFO",
+            "emoe-agent",
+            &["inspect", "--model", "{dir}/m"],
+            2,
+            &["{dir}/m/config.json", "FIFO"],
+        )
+        .setup(|d| {
+            std::fs::create_dir(d.join("m")).unwrap();
+            mkfifo(&d.join("m/config.json"));
+        }),
+        Case::new(
+            "config.json is a symlink loop",
+            "emoe-agent",
+            &["inspect", "--model", "{dir}/m"],
+            2,
+            &["{dir}/m/config.json", "symlink loop"],
+        )
+        .setup(|d| {
+            std::fs::create_dir(d.join("m")).unwrap();
+            std::os::unix::fs::symlink("config.json", d.join("m/config.json")).unwrap();
+        }),
+        Case::new(
+            "a scenario file that is /dev/zero",
+            "emoe-agent",
+            &["run", "/dev/zero"],
+            2,
+            &["/dev/zero", "not a regular file"],
+        ),
+        Case::new(
+            "an inventory that is a FIFO",
+            "emoe",
+            &["--inventory", "{dir}/inv.toml", "--once"],
+            2,
+            &["{dir}/inv.toml", "FIFO"],
+        )
+        .setup(|d| mkfifo(&d.join("inv.toml"))),
+        Case::new(
+            "a console keymap that is /dev/zero",
+            "emoe",
+            &["config", "validate"],
+            2,
+            &["{dir}/config/keymap.toml", "not a regular file"],
+        )
+        .setup(|d| {
+            std::fs::create_dir(d.join("config")).unwrap();
+            std::os::unix::fs::symlink("/dev/zero", d.join("config/keymap.toml")).unwrap();
+        }),
+        // ---- counts and sizes in config.json ----
+        Case::new(
+            "four billion layers",
+            "emoe-agent",
+            &["inspect", "--model", "{dir}/m"],
+            2,
+            &["num_hidden_layers", "4000000000"],
+        )
+        .file(
+            "m/config.json",
+            micro_config("num_hidden_layers", "4000000000"),
+        ),
+        Case::new(
+            "shared experts times their width overflows",
+            "emoe-agent",
+            &["inspect", "--model", "{dir}/m"],
+            2,
+            &["n_shared_experts"],
+        )
+        .file(
+            "m/config.json",
+            micro_config("n_shared_experts", "70000").replace(
+                "\"moe_intermediate_size\": 64",
+                "\"moe_intermediate_size\": 70000",
+            ),
+        ),
+        // ---- scenario counts, sizes and times ----
+        Case::new(
+            "a four-billion-token prompt",
+            "emoe-agent",
+            &["run", "{dir}/s.toml"],
+            2,
+            &["prompt", "4000000000"],
+        )
+        .file(
+            "s.toml",
+            scenario(
+                "",
+                "rate = 20.0\nprompt = { fixed = 4000000000 }\nduration_s = 1.0",
+                STEP,
+            ),
+        ),
+        Case::new(
+            "a zero window",
+            "emoe-agent",
+            &["run", "{dir}/s.toml"],
+            2,
+            &["window", "0ns"],
+        )
+        .file("s.toml", scenario("window = \"0s\"", TRAFFIC, STEP)),
+        Case::new(
+            "a step after the traffic ends",
+            "emoe-agent",
+            &["run", "{dir}/s.toml"],
+            2,
+            &["at", "3600s"],
+        )
+        .file(
+            "s.toml",
+            scenario("", TRAFFIC, "[[scale]]\nat = \"1h\"\nto = \"dp3tp2ep6\""),
+        ),
+        Case::new(
+            "a duration past any clock",
+            "emoe-agent",
+            &["run", "{dir}/s.toml"],
+            2,
+            &["3000000000000000000000s"],
+        )
+        .file(
+            "s.toml",
+            scenario(
+                "[slo]\nttft = \"3000000000000000000000s\"\ntpot = \"1s\"",
+                TRAFFIC,
+                STEP,
+            ),
+        ),
+        Case::new(
+            "a step that can never fit",
+            "emoe-agent",
+            &["run", "{dir}/s.toml"],
+            3,
+            &["dp8tp2ep16", "not enough devices"],
+        )
+        .file(
+            "s.toml",
+            scenario(
+                "",
+                TRAFFIC,
+                "[[scale]]\nat = \"500ms\"\nto = \"dp8tp2ep16\"",
+            ),
+        ),
+        // ---- environment ----
+        Case::new(
+            "an empty EMOE_CACHE_DIR",
+            "emoe-agent",
+            &["inspect", "--model", "micro-moe"],
+            2,
+            &["EMOE_CACHE_DIR", "empty"],
+        )
+        .env("EMOE_CACHE_DIR", ""),
         // ---- flags ----
         Case::new(
             "console theme not built in",
@@ -202,6 +398,11 @@ fn cases() -> Vec<Case> {
         )
         .against_agent(),
     ]
+}
+
+fn mkfifo(p: &Path) {
+    rustix::fs::mkfifoat(rustix::fs::CWD, p, rustix::fs::Mode::from_raw_mode(0o600))
+        .expect("mkfifo");
 }
 
 /// A loopback port something already listens on, for the whole run.
@@ -383,9 +584,8 @@ fn run(c: &Case, scratch: &Path, cache: &Path, agent: Option<&Agent>) -> Result<
     for (k, v) in &c.env {
         cmd.env(k, subst(v));
     }
-    let out = cmd
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", c.bin))?;
+    let out =
+        output_within(cmd, Duration::from_secs(120)).map_err(|e| format!("{}: {e}", c.bin))?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     let mut wrong = Vec::new();
     if out.status.code() != Some(c.code) {

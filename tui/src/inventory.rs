@@ -45,10 +45,13 @@ pub struct InventoryNode {
     pub name: Option<String>,
 }
 
+/// The largest inventory read (a few thousand nodes fit in far less).
+pub const MAX_FILE: u64 = 1 << 20;
+
 /// The nodes of an inventory file; errors read `FILE:LINE:COL: message`.
 pub fn load(path: &Path) -> Result<Vec<InventoryNode>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{}: cannot read the inventory: {e}", path.display()))?;
+    let text = emoe_core::fsio::read_to_string_capped(path, MAX_FILE)
+        .map_err(|e| format!("cannot read the inventory: {e}"))?;
     parse(&text, &path.display().to_string())
 }
 

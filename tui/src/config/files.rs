@@ -2,7 +2,6 @@
 //! (deltas over the chosen built-ins). [`load`] merges built-ins, files and flags and never fails:
 //! a file with a problem becomes a warning (`PATH:LINE:COL: message`) and is ignored.
 
-use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -156,16 +155,20 @@ pub(crate) struct Loaded {
 }
 
 /// Reads a file of the config dir: `Ok(None)` if it does not exist.
+/// Only regular files, at most [`MAX_FILE`] bytes, are read.
 fn read(path: &Path) -> Result<Option<String>, ConfigError> {
-    match std::fs::read_to_string(path) {
+    match emoe_core::fsio::read_to_string_capped(path, MAX_FILE) {
         Ok(t) => Ok(Some(t)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) if e.is_not_found() => Ok(None),
         Err(e) => Err(ConfigError::file(
             &path.display().to_string(),
-            format!("cannot read: {e}"),
+            format!("cannot read: {}", e.problem),
         )),
     }
 }
+
+/// The largest config file read: the built-in keymaps and themes are a few KiB.
+pub const MAX_FILE: u64 = 256 << 10;
 
 pub(crate) fn load_with(opts: &LoadOptions, env: Env) -> Loaded {
     let dir = config_dir_with(opts, env);

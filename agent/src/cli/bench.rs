@@ -641,7 +641,18 @@ pub(super) fn scale_report(a: &ScaleArgs) -> Result<ScaleReport, CliError> {
             eprintln!("emoe-agent: bench {s} run {}/{}", r + 1, a.runs);
             let topology = Topology::uniform(bw, bw);
             let r = match &traffic {
-                Some(t) => run_served(s, &o, a.to, t, topology),
+                Some(t) => {
+                    // Horizontal adds one replica of `from` (scale-up only); the server takes
+                    // two of them as its target.
+                    let to = match s {
+                        Strategy::Horizontal if a.to.devices() >= from.devices() => {
+                            ParallelConfig::from_dp_tp(from.dp().saturating_mul(2), from.tp())
+                                .unwrap_or(a.to)
+                        }
+                        _ => a.to,
+                    };
+                    run_served(s, &o, to, t, topology)
+                }
                 None => run_once(s, &o, a.to, &exec, &topology, !a.no_pre_init),
             };
             match r {

@@ -125,6 +125,20 @@ fn sleep_s(s: f64) {
     std::thread::sleep(Duration::try_from_secs_f64(s).unwrap_or_default());
 }
 
+/// Sleep until `server.now()` reaches `t` in short slices; `false` when `over` is set first.
+fn sleep_until(server: &Server, t: f64, over: &AtomicBool) -> bool {
+    loop {
+        if over.load(Ordering::Acquire) {
+            return false;
+        }
+        let wait = t - server.now();
+        if wait <= 0.0 {
+            return true;
+        }
+        sleep_s(wait.min(0.1));
+    }
+}
+
 /// A scaling step to run at a time.
 #[derive(Clone, Copy, Debug)]
 pub struct TimedStep {
@@ -211,21 +225,31 @@ pub fn drive(
     };
 
     let auto_topology = topology.clone();
+    // Set when the run ends (drained, or its deadline): waiting threads stop waiting.
+    let run_over = Arc::new(AtomicBool::new(false));
     // Scaling: each step at its time, one after the other.
     let steps_done = Arc::new(AtomicBool::new(false));
     let results: Arc<Mutex<Vec<StepResult>>> = Arc::default();
     let scaler = {
-        let (server, done, results) = (
+        let (server, done, results, over) = (
             Arc::clone(server),
             Arc::clone(&steps_done),
             Arc::clone(&results),
+            Arc::clone(&run_over),
         );
         let steps = steps.to_vec();
         std::thread::spawn(move || {
             for st in steps {
-                let wait = t0 + st.at_s - server.now();
-                if wait > 0.0 {
-                    sleep_s(wait);
+                // In slices, so a run that ends first is not held up by a later step.
+                if !sleep_until(&server, t0 + st.at_s, &over) {
+                    results
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(Err(format!(
+                            "{} to {} at {}s: not run, the run ended first",
+                            st.strategy, st.to, st.at_s
+                        )));
+                    continue;
                 }
                 let r = server
                     .scale_with(st.strategy, st.to, &topology, &AtomicBool::new(false))
@@ -238,7 +262,6 @@ pub fn drive(
     };
 
     // Autoscaling: one TP group at a time on load, until the run drains.
-    let run_over = Arc::new(AtomicBool::new(false));
     let autoscaler = autoscale.cloned().map(|a| {
         let (server, over, results, traffic_done) = (
             Arc::clone(server),
@@ -249,7 +272,9 @@ pub fn drive(
         std::thread::spawn(move || {
             let mut last_step = f64::NEG_INFINITY;
             while !over.load(Ordering::Acquire) {
-                std::thread::sleep(a.interval);
+                if !sleep_until(&server, server.now() + a.interval.as_secs_f64(), &over) {
+                    break;
+                }
                 let now = server.now() - t0;
                 if now - last_step < a.cooldown.as_secs_f64() {
                     continue;

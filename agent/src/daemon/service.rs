@@ -312,10 +312,11 @@ impl Agent for AgentService {
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| {
+                let msg = format!("target {to} ({strategy}): {e}");
                 if e.is_rule() {
-                    Status::failed_precondition(e.to_string())
+                    Status::failed_precondition(msg)
                 } else {
-                    Status::invalid_argument(e.to_string())
+                    Status::invalid_argument(msg)
                 }
             })?;
         let id = self.start("scale", to, strategy, move |d, cancel| {

@@ -14,11 +14,12 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{FileType, Mode, OFlags};
 
-/// What was wrong with a file, without its path (see [`FsError`]).
+/// What was wrong with a file, without its path (see [`FsError`]). The OS error is the message
+/// itself, not a chained `source()`, so a printer that walks the chain says it once.
 #[derive(Debug, thiserror::Error)]
 pub enum FsProblem {
     #[error("{0}")]
-    Open(#[source] io::Error),
+    Open(io::Error),
     #[error("symlink loop (too many levels of symbolic links)")]
     SymlinkLoop,
     #[error("is a {kind}, not a regular file (only regular files are read)")]
@@ -30,7 +31,7 @@ pub enum FsProblem {
     #[error("is not valid UTF-8")]
     NotUtf8,
     #[error("{0}")]
-    Read(#[source] io::Error),
+    Read(io::Error),
 }
 
 /// A refused or failed read of `path`.

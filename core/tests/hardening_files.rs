@@ -193,3 +193,43 @@ fn the_helper_is_public_for_the_console_and_the_agent() {
     );
     assert!(e.to_string().contains("token"), "{e}");
 }
+
+/// What a printer that walks `source()` (anyhow's `{:#}`, the agent's stderr) shows.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut next = e.source();
+    while let Some(c) = next {
+        s = format!("{s}: {c}");
+        next = c.source();
+    }
+    s
+}
+
+#[test]
+fn refusals_name_each_cause_once_along_the_chain() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = generated(cache.path());
+    let config = dir.join(checkpoint::CONFIG_FILE);
+    std::fs::remove_file(&config).unwrap();
+    symlink("/dev/zero", &config).unwrap();
+    let e = Checkpoint::open(&dir).unwrap_err();
+    let s = chain(&e);
+    assert_eq!(s.matches("character device").count(), 1, "{s}");
+    assert_eq!(s.matches(&config.display().to_string()).count(), 1, "{s}");
+
+    std::fs::remove_file(dir.join(WEIGHTS_FILE)).unwrap();
+    mkfifo(&dir.join(WEIGHTS_FILE));
+    std::fs::remove_file(&config).unwrap();
+    std::fs::write(&config, micro_config()).unwrap();
+    let e = Checkpoint::open(&dir).unwrap_err();
+    let s = chain(&e);
+    assert_eq!(s.matches("FIFO").count(), 1, "{s}");
+}
+
+fn micro_config() -> String {
+    model::preset("micro-moe")
+        .unwrap()
+        .spec()
+        .to_hf_config()
+        .to_string()
+}

@@ -184,7 +184,11 @@ impl Drop for HostBackend {
     }
 }
 
-impl DeviceBackend for HostBackend {
+// SAFETY: `host_pointer` returns `addr` itself for an address inside a live reservation: the
+// reservation is our own mapping, changed only by `map`, `unmap` and `release` (under the books
+// lock) or by `Drop`; `map` puts the allocation's memfd there `MAP_SHARED` read-write, so the
+// bytes are the allocation's pages; nothing else touches the range.
+unsafe impl DeviceBackend for HostBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Host
     }

@@ -163,7 +163,18 @@ pub enum BackendError {
 pub type BackendResult<T> = Result<T, BackendError>;
 
 /// One kind of device memory. Implementations are internally synchronised.
-pub trait DeviceBackend: Send + Sync + fmt::Debug {
+///
+/// # Safety
+///
+/// The HMM turns [`host_pointer`](Self::host_pointer) into `&[u8]` (zero-copy views), so an
+/// implementation that returns `Some(p)` for `(range, addr)` guarantees: `p` addresses the
+/// bytes from `addr` to the end of `range`, they are readable wherever an allocation was mapped
+/// with [`map`](Self::map) (and writable through `p` too), and they stay so — unchanged but for
+/// writes through `p` or to the mapped allocations — until this backend is next asked to `map`,
+/// `unmap` or `release` in that range, to `free_physical` an allocation mapped there, or is
+/// dropped. No other call may unmap or remap them. Implementations that return `None` (the
+/// default) have nothing more to uphold than the trait's safe contract.
+pub unsafe trait DeviceBackend: Send + Sync + fmt::Debug {
     fn kind(&self) -> BackendKind;
 
     /// The devices this backend exposes, in index order.

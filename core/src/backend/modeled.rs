@@ -80,7 +80,8 @@ impl fmt::Debug for ModeledBackend {
     }
 }
 
-impl DeviceBackend for ModeledBackend {
+// SAFETY: no host pointers (the default `host_pointer`): nothing is ever lent as `&[u8]`.
+unsafe impl DeviceBackend for ModeledBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Modeled
     }

@@ -240,7 +240,9 @@ impl<D: VmmDriver> VmmBackend<D> {
     }
 }
 
-impl<D: VmmDriver> DeviceBackend for VmmBackend<D> {
+// SAFETY: device memory has no host pointers (the default `host_pointer`): nothing is ever lent
+// as `&[u8]`.
+unsafe impl<D: VmmDriver> DeviceBackend for VmmBackend<D> {
     fn kind(&self) -> BackendKind {
         self.driver.kind()
     }

@@ -1,5 +1,8 @@
 //! Why a checkpoint could not be generated, found or read. Every variant names the file and,
 //! where one is involved, the tensor, so an operator can tell which download is broken.
+//!
+//! Causes are part of each message and not chained as `source()`, so a printer that walks the
+//! chain (`{:#}`) names each cause once.
 
 use std::path::PathBuf;
 
@@ -11,19 +14,14 @@ pub enum CheckpointError {
         "cannot generate a checkpoint for `{model}`: {dtype:?} weights are not generated (only bf16, f16 and f32 are)"
     )]
     UnsupportedDType { model: String, dtype: DType },
-    #[error("{op} {}: {source}", path.display())]
+    #[error("{op} {}: {cause}", path.display())]
     Io {
         op: &'static str,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("{}: {source}", path.display())]
-    Config {
-        path: PathBuf,
-        #[source]
-        source: HfConfigError,
-    },
+    #[error("{}", config_message(path, cause))]
+    Config { path: PathBuf, cause: HfConfigError },
     #[error("no model.safetensors or model.safetensors.index.json in {}", dir.display())]
     NoWeights { dir: PathBuf },
     #[error("{}: {why}", path.display())]
@@ -69,11 +67,19 @@ pub enum CheckpointError {
 }
 
 impl CheckpointError {
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, cause: std::io::Error) -> Self {
         Self::Io {
             op,
             path: path.into(),
-            source,
+            cause,
         }
+    }
+}
+
+/// `<path>: <why>`, but the path only once when the config error names it already.
+fn config_message(path: &std::path::Path, cause: &HfConfigError) -> String {
+    match cause {
+        HfConfigError::Io { .. } => cause.to_string(),
+        _ => format!("{}: {cause}", path.display()),
     }
 }

@@ -56,9 +56,9 @@ impl Checkpoint {
     pub fn open(dir: &Path) -> Result<Self, CheckpointError> {
         let config = dir.join(CONFIG_FILE);
         let mut spec =
-            model::from_hf_config_file(&config).map_err(|source| CheckpointError::Config {
+            model::from_hf_config_file(&config).map_err(|cause| CheckpointError::Config {
                 path: config.clone(),
-                source,
+                cause,
             })?;
         // A generated checkpoint carries its preset's name; keep it so the spec compares equal
         // to the preset it was generated from (the config names it after the directory).

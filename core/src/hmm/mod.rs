@@ -12,6 +12,8 @@
 //! Memory safety of the in-place reads ([`Hmm::view_bytes`], [`Hmm::view_range`]): they lend
 //! `&[u8]` tied to `&Hmm`, so nothing reachable through `&Hmm` may change the lent bytes or their
 //! mappings. Hence:
+//! - the backend's host pointers are valid for the mapped range until the next map, unmap,
+//!   release or free there (the safety contract of the `unsafe trait DeviceBackend`);
 //! - mappings change only through `&mut Hmm` (map, unmap, release, free);
 //! - the backend is reachable through `&Hmm` only as a [`BackendRef`] (facts, telemetry, the
 //!   pool), never to map, unmap, free or write; and bytes are lent only while this HMM is the

@@ -395,11 +395,13 @@ impl Hmm {
         let pieces = self.pieces("view_bytes", r, 0, len)?;
         let p = self.host_pointer(r)?;
         self.check_lendable(r, &pieces)?;
-        // SAFETY: every byte of the range is mapped readable (checked by `pieces`). For the
-        // lifetime of `&self` nothing changes those bytes or their mappings: mappings change only
-        // through `&mut self`; writes through `&self` reach only KV (refused above) or unmapped
-        // allocations; this HMM owns the backend alone (checked) and lends it only as
-        // `BackendRef`; shared weights are written by no one (the sharing contract).
+        // SAFETY: every byte of the range is mapped (checked by `pieces`), so by the
+        // `DeviceBackend` safety contract `p` addresses it readable until the backend next maps,
+        // unmaps, releases or frees there. For the lifetime of `&self` nothing changes those
+        // bytes or their mappings: mappings change only through `&mut self`; writes through
+        // `&self` reach only KV (refused above) or unmapped allocations; this HMM owns the
+        // backend alone (checked) and lends it only as `BackendRef`; shared weights are written
+        // by no one (the sharing contract).
         Ok(unsafe { std::slice::from_raw_parts(p, len) })
     }
 

@@ -9,17 +9,14 @@ use serde_json::{Map, Value};
 
 use super::{Attention, DType, Family, ModelSpec};
 
-/// Why a `config.json` was refused.
+/// Why a `config.json` was refused. Causes are part of the message, not chained as `source()`,
+/// so a printer that walks the chain names each once.
 #[derive(Debug, thiserror::Error)]
 pub enum HfConfigError {
-    #[error("cannot read {path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot read {path}: {cause}")]
+    Io { path: String, cause: std::io::Error },
     #[error("config.json is not valid JSON: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(serde_json::Error),
     #[error("config.json must be a JSON object at the top level")]
     NotObject,
     #[error("config.json: missing field `{field}` (required for model_type `{model_type}`)")]
@@ -57,6 +54,12 @@ pub enum HfConfigError {
         value: String,
         why: &'static str,
     },
+}
+
+impl From<serde_json::Error> for HfConfigError {
+    fn from(e: serde_json::Error) -> Self {
+        Self::Json(e)
+    }
 }
 
 /// Fields that never change tensor shapes or placement: read past them.
@@ -598,7 +601,7 @@ pub fn from_hf_config_file(path: &Path) -> Result<ModelSpec, HfConfigError> {
     let text = crate::fsio::read_to_string_capped(&file, MAX_CONFIG_BYTES).map_err(|e| {
         HfConfigError::Io {
             path: file.display().to_string(),
-            source: e.into_io(),
+            cause: e.into_io(),
         }
     })?;
     let name = file

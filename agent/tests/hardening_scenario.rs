@@ -164,7 +164,7 @@ fn only_a_regular_file_of_bounded_size_is_read() {
     let big = dir.path().join("big.toml");
     std::fs::write(&big, "#".repeat(2 << 20)).unwrap();
     for (path, want) in [
-        (big.to_str().unwrap(), "larger than 1048576 bytes"),
+        (big.to_str().unwrap(), "more than the 1048576-byte limit"),
         ("/dev/zero", "not a regular file"),
         (dir.path().to_str().unwrap(), "not a regular file"),
     ] {

@@ -196,36 +196,13 @@ const MAX_STEPS: usize = 1000;
 const MAX_KV_TOKENS: u64 = 1 << 24;
 use emoe_core::traffic::MAX_SECONDS;
 
-/// A regular file's text, at most [`MAX_FILE`] bytes.
-fn read_capped(path: &Path) -> std::io::Result<String> {
-    use std::io::Read;
-    let f = std::fs::File::open(path)?;
-    let m = f.metadata()?;
-    if !m.is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
-    }
-    let mut text = String::new();
-    f.take(MAX_FILE + 1).read_to_string(&mut text)?;
-    if text.len() as u64 > MAX_FILE {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("larger than {MAX_FILE} bytes"),
-        ));
-    }
-    Ok(text)
-}
-
 /// Why a scenario file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
-    #[error("cannot read scenario {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    /// The file is not a regular file, too large, or unreadable ([`emoe_core::fsio`] names
+    /// the path and the rule).
+    #[error("cannot read scenario {0}")]
+    Read(emoe_core::fsio::FsError),
     #[error("scenario {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("scenario {path}: {rule}, got {got}")]
@@ -240,10 +217,8 @@ impl Scenario {
     /// Read and check a scenario file. Relative paths inside (a checkpoint directory, a trace)
     /// are resolved from the file's directory.
     pub fn load(path: &Path) -> Result<Self, ScenarioError> {
-        let text = read_capped(path).map_err(|source| ScenarioError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            emoe_core::fsio::read_to_string_capped(path, MAX_FILE).map_err(ScenarioError::Read)?;
         let mut s: Scenario = toml::from_str(&text).map_err(|e| ScenarioError::Parse {
             path: path.to_path_buf(),
             message: e.to_string(),

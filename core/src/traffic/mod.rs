@@ -162,11 +162,11 @@ pub enum TrafficError {
         "traffic would generate about {expected:.0} requests, more than the cap of {cap}: lower the rate, the duration or the count"
     )]
     TooMany { expected: f64, cap: u64 },
-    #[error("trace `{}`: cannot read the file: {source}", .path.display())]
+    /// The cause is in the message, not chained, so a printed chain names it once.
+    #[error("trace `{}`: cannot read the file: {cause}", .path.display())]
     TraceRead {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("trace `{}` line {line}: {problem}", .path.display())]
     TraceLine {

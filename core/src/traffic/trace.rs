@@ -34,7 +34,7 @@ pub(super) fn read(path: &Path, duration_s: f64) -> Result<Vec<RequestSpec>, Tra
     let (file, _) = crate::fsio::open_regular_capped(path, MAX_TRACE_BYTES).map_err(|e| {
         TrafficError::TraceRead {
             path: path.to_path_buf(),
-            source: e.into_io(),
+            cause: e.into_io(),
         }
     })?;
     // Never more than the cap, even from a file that grows while it is read.
@@ -66,7 +66,7 @@ pub(super) fn parse(
             Err(source) => {
                 return Err(TrafficError::TraceRead {
                     path: path.to_path_buf(),
-                    source,
+                    cause: source,
                 });
             }
         };

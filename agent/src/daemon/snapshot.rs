@@ -152,6 +152,7 @@ impl Daemon {
             serving: Some(serving),
             events: st.events.iter().cloned().collect(),
             migrations: st.migrations.clone(),
+            incarnation: self.incarnation.clone(),
         }
     }
 

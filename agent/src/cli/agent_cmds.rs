@@ -217,7 +217,8 @@ fn status_error(addr: &AgentAddr, s: tonic::Status) -> CliError {
 
 fn connect_error(addr: &AgentAddr, e: anyhow::Error) -> CliError {
     CliError::failed(anyhow::anyhow!(
-        "cannot reach the agent at {addr}: {e:#} (is `emoe-agent serve` running?)"
+        "cannot reach the agent at {addr}: {} (is `emoe-agent serve` running?)",
+        exit::chain(&e)
     ))
 }
 
@@ -364,7 +365,7 @@ pub fn serve(a: &ServeArgs) -> Result<(), CliError> {
         (None, None) => unreachable!("either a socket or a TCP address"),
     };
     // Connections still open after the grace period are dropped with the runtime.
-    rt.shutdown_timeout(host::GRACE);
+    rt.shutdown_timeout(Duration::from_millis(100));
     eprintln!("emoe-agent: stopped");
     r.map_err(CliError::failed)
 }

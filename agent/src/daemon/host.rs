@@ -237,20 +237,26 @@ pub fn spawn_traffic(daemon: &Arc<Daemon>, rate: f64, vocab: u32) -> Result<(), 
     Ok(())
 }
 
-/// Stop: watch streams end, an operation before its switchover is cancelled and rolls back
-/// (nothing is left mapped); one past it finishes. Waits up to a minute for it, then stops the
-/// ticker and the traffic (woken from their waits).
+/// How long a stop waits for a running operation: the rule is that SIGTERM stops the agent
+/// within a second in every state.
+pub const OP_GRACE: Duration = Duration::from_millis(500);
+
+/// Stop: watch streams end, and a running operation is cancelled: one before its switchover
+/// rolls back (nothing is left mapped), one past it finishes. It gets [`OP_GRACE`]; one that
+/// cannot stop by then (a cold restart reloading) is left to the process's exit, which
+/// releases all its memory. Then the ticker and the traffic stop (woken from their waits).
 pub fn stop(daemon: &Daemon, ticker: std::thread::JoinHandle<()>) {
-    daemon.close_watches();
-    for o in daemon.lock().ops.values() {
-        o.cancel.store(true, Ordering::Release);
-    }
-    let end = std::time::Instant::now() + Duration::from_secs(60);
+    daemon.begin_shutdown();
+    let end = std::time::Instant::now() + OP_GRACE;
     while Daemon::running_op(&daemon.lock()).is_some() && std::time::Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(5));
     }
     if let Some(id) = Daemon::running_op(&daemon.lock()) {
-        eprintln!("emoe-agent: operation {id} did not end within 60 s of the shutdown");
+        eprintln!(
+            "emoe-agent: operation {id} did not end within {} ms of the shutdown; stopping \
+             without it",
+            OP_GRACE.as_millis()
+        );
     }
     daemon.request_stop();
     let _ = ticker.join();
@@ -258,7 +264,7 @@ pub fn stop(daemon: &Daemon, ticker: std::thread::JoinHandle<()>) {
 
 /// How long a stop waits for open connections after the watch streams ended: a client that
 /// does not read must not hold the shutdown.
-pub const GRACE: Duration = Duration::from_millis(300);
+pub const GRACE: Duration = Duration::from_millis(250);
 
 /// Serve the API on `incoming` until `signal` resolves; then end the watch streams and give
 /// the open connections [`GRACE`] to finish.
@@ -293,7 +299,8 @@ where
         r = &mut server => return r,
         () = signal => {}
     }
-    daemon.close_watches();
+    // The operation starts cancelling while the connections wind down.
+    daemon.begin_shutdown();
     let _ = tx.send(());
     tokio::time::timeout(GRACE, server).await.unwrap_or(Ok(()))
 }
@@ -413,7 +420,7 @@ impl Embedded {
                     })
                     .await;
                 });
-                rt.shutdown_timeout(GRACE);
+                rt.shutdown_timeout(Duration::from_millis(100));
             })
             .map_err(CliError::failed)?;
         Ok(Self {

@@ -195,9 +195,12 @@ impl Daemon {
         self.stop.load(Ordering::Acquire)
     }
 
-    /// End every watch stream (on shutdown), and refuse new ones.
-    pub fn close_watches(&self) {
+    /// On shutdown: end every watch stream (and refuse new ones), and cancel the operations.
+    pub fn begin_shutdown(&self) {
         self.closing.send_replace(true);
+        for o in self.lock().ops.values() {
+            o.cancel.store(true, Ordering::Release);
+        }
     }
 
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, State> {

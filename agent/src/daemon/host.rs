@@ -459,6 +459,76 @@ mod tests {
     use super::*;
     use crate::cluster::ModelSource;
 
+    /// Finished operations beyond the last [`crate::daemon::KEEP_OPS`] are pruned, the running
+    /// one never; the request metrics stay bounded however many requests finish.
+    #[test]
+    fn a_long_run_keeps_bounded_operations_and_metrics() {
+        let cache = tempfile::tempdir().unwrap();
+        let (daemon, _) = build(&node(&cache), ServeOptions::default(), Access::default()).unwrap();
+        {
+            let mut st = daemon.lock();
+            for id in 1..=250u64 {
+                let phase = if id == 3 { "preparing" } else { "done" };
+                st.ops.insert(
+                    id,
+                    super::super::Op {
+                        info: proto::Operation {
+                            id,
+                            phase: phase.into(),
+                            ..Default::default()
+                        },
+                        cancel: Default::default(),
+                    },
+                );
+            }
+            for i in 0..200_000u64 {
+                let t = i as f64 * 0.001;
+                st.metrics
+                    .record_request(&emoe_core::metrics::RequestTiming {
+                        id: i,
+                        arrival_s: t,
+                        first_token_s: t,
+                        finish_s: t + 0.01,
+                        output_tokens: 2,
+                    })
+                    .unwrap();
+                st.metrics.record_tokens(t, 2).unwrap();
+            }
+        }
+        daemon.prune_ops();
+        let st = daemon.lock();
+        assert_eq!(st.ops.len(), crate::daemon::KEEP_OPS + 1);
+        assert!(st.ops.contains_key(&3), "the running operation is kept");
+        assert_eq!(
+            st.ops.keys().nth(1),
+            Some(&151),
+            "the newest finished ones are kept"
+        );
+        assert!(
+            st.metrics.stored() <= crate::daemon::KEEP_REQUESTS + 16_000,
+            "{} records",
+            st.metrics.stored()
+        );
+        assert_eq!(st.metrics.total_requests(), 200_000);
+    }
+
+    fn node(cache: &tempfile::TempDir) -> NodeOptions {
+        NodeOptions {
+            backend: Default::default(),
+            node: 0,
+            devices: Some(8),
+            logical_per_gpu: 1,
+            hbm: Some(256 << 20),
+            granularity: None,
+            model: ModelSource::Preset("micro-moe".into()),
+            config: "dp2tp2ep4".parse().unwrap(),
+            first_device: 0,
+            seed: 1,
+            kv_tokens: 256,
+            cache_dir: Some(cache.path().to_path_buf()),
+        }
+    }
+
     /// A watcher may connect before the ticker's first tick (a loaded machine): the daemon
     /// holds the node's snapshot from the start, never an empty one.
     #[test]

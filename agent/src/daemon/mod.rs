@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use emoe_core::metrics::{Metrics, RequestTiming};
+use emoe_core::metrics::{RequestTiming, Rolling};
 use emoe_core::plan::Topology;
 
 pub use service::AgentService;
@@ -39,6 +39,10 @@ pub mod proto {
 pub const RING: usize = 256;
 /// Events kept in snapshots.
 pub const EVENTS: usize = 200;
+/// Finished requests whose latencies the snapshot's quantiles cover.
+pub const KEEP_REQUESTS: usize = 10_000;
+/// Seconds of token records kept (the snapshot's rates are over the last 10 s).
+pub const KEEP_TOKENS_S: f64 = 15.0;
 /// Finished operations kept (older ones are pruned so a long run stays bounded).
 pub const KEEP_OPS: usize = 100;
 /// Watch streams served at once unless `--max-watchers` says otherwise.
@@ -103,7 +107,8 @@ pub(crate) struct State {
     /// The latest snapshot: taken at start, so a watcher that connects before the first tick
     /// gets the node as it is, not an empty one.
     pub last: proto::Snapshot,
-    pub metrics: Metrics,
+    /// Bounded: the last [`KEEP_REQUESTS`] requests and [`KEEP_TOKENS_S`] of tokens.
+    pub metrics: Rolling,
     pub finished: u64,
     /// The copies of the current or last operation.
     pub migrations: Vec<proto::Migration>,
@@ -151,7 +156,7 @@ impl Daemon {
                 events: VecDeque::new(),
                 ring: VecDeque::new(),
                 last: proto::Snapshot::default(),
-                metrics: Metrics::new(None),
+                metrics: Rolling::new(None, KEEP_TOKENS_S, KEEP_REQUESTS),
                 finished: 0,
                 migrations: Vec::new(),
                 instance_tokens: BTreeMap::new(),
@@ -248,7 +253,6 @@ impl Daemon {
                         while q.front().is_some_and(|(t, _)| *t < ts - 10.0) {
                             q.pop_front();
                         }
-                        let _ = st.metrics.record_step(ts);
                         if tokens > 0 {
                             let _ = st.metrics.record_tokens(ts, tokens as u64);
                         }
@@ -351,6 +355,13 @@ impl Daemon {
             }
         }
         self.prune_ops();
+        {
+            // Instances that ended (every scale makes new ones) take their rate records along.
+            let now = self.server.now();
+            self.lock()
+                .instance_tokens
+                .retain(|_, q| q.back().is_some_and(|(t, _)| *t >= now - 10.0));
+        }
         let snap = self.snapshot();
         let mut st = self.lock();
         let update = snapshot::delta(&st.last, &snap);

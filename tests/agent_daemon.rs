@@ -350,7 +350,15 @@ fn tokens_metrics_resume_and_remote_refusal() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     let seq = ups[1]["seq"].as_u64().unwrap();
-    let out = a.cli(&["watch", "--resume-from", &seq.to_string(), "--count", "1"]);
+    // A resume names the agent's start (the incarnation of the first snapshot) too.
+    let inc = ups[0]["body"]["Snapshot"]["incarnation"].as_str().unwrap();
+    let out = a.cli(&[
+        "watch",
+        "--resume-from",
+        &format!("{inc}:{seq}"),
+        "--count",
+        "1",
+    ]);
     let next: serde_json::Value = serde_json::from_str(
         String::from_utf8(out.stdout)
             .unwrap()
@@ -362,7 +370,13 @@ fn tokens_metrics_resume_and_remote_refusal() {
     assert_eq!(next["seq"].as_u64().unwrap(), seq + 1, "{next}");
     assert!(next["body"]["Delta"].is_object(), "{next}");
     // Too far behind (a sequence never published): a fresh snapshot.
-    let out = a.cli(&["watch", "--resume-from", "999999999", "--count", "1"]);
+    let out = a.cli(&[
+        "watch",
+        "--resume-from",
+        &format!("{inc}:999999999"),
+        "--count",
+        "1",
+    ]);
     let fresh: serde_json::Value = serde_json::from_str(
         String::from_utf8(out.stdout)
             .unwrap()

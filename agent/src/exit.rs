@@ -44,6 +44,42 @@ impl CliError {
 
 impl std::fmt::Display for CliError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:#}", self.error)
+        f.write_str(&chain(&self.error))
+    }
+}
+
+/// `e` and its causes joined with `: `, each cause named once: one whose text is already in
+/// the message (an error that prints its source, then also returns it) is not repeated.
+pub fn chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let m = cause.to_string();
+        if out.contains(&m) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&m);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_cause_is_named_once() {
+        let io = || std::io::Error::from_raw_os_error(20);
+        let e = anyhow::Error::from(io())
+            .context(format!("cannot read x: {}", io()))
+            .context("x/config.json");
+        assert_eq!(
+            chain(&e),
+            "x/config.json: cannot read x: Not a directory (os error 20)"
+        );
+        let e = anyhow::Error::from(io()).context("create x");
+        assert_eq!(chain(&e), "create x: Not a directory (os error 20)");
     }
 }

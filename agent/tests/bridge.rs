@@ -214,7 +214,7 @@ fn ssh_address_gets_snapshots_and_watches_through_the_ssh_command() {
             ]
         );
         let mut stream = c
-            .watch(proto::WatchRequest { resume_from: None })
+            .watch(proto::WatchRequest::default())
             .await
             .expect("Watch over ssh")
             .into_inner();
@@ -283,7 +283,7 @@ fn dropping_the_client_kills_the_ssh_process() {
         let addr: AgentAddr = "ssh://node7".parse().expect("address");
         let mut c = connect_with(&addr, &opts).await.expect("connect over ssh");
         let mut stream = c
-            .watch(proto::WatchRequest { resume_from: None })
+            .watch(proto::WatchRequest::default())
             .await
             .expect("Watch over ssh")
             .into_inner();

@@ -55,7 +55,7 @@ fn sixteen_watchers_see_the_same_final_state() {
         for _ in 0..16 {
             let mut wc = connect(&addr).await.unwrap();
             let mut stream = wc
-                .watch(proto::WatchRequest { resume_from: None })
+                .watch(proto::WatchRequest::default())
                 .await
                 .unwrap()
                 .into_inner();

@@ -425,6 +425,99 @@ impl Metrics {
     }
 }
 
+/// A bounded accumulator for a server that runs for weeks: the tokens of the last `window_s`
+/// seconds and the last `max_requests` finished requests, with totals over the whole run.
+/// Its statistics are of what it keeps: rates over a recent window, and TTFT, TPOT and SLO
+/// attainment over the last `max_requests` requests. [`Rolling::metrics`] turns what it keeps
+/// into a [`Metrics`] to summarize (a bounded copy, so a caller can compute outside its lock).
+#[derive(Clone, Debug)]
+pub struct Rolling {
+    slo: Option<Slo>,
+    window_s: f64,
+    max_requests: usize,
+    requests: std::collections::VecDeque<RequestTiming>,
+    /// `(t_s, tokens)`, oldest first.
+    tokens: std::collections::VecDeque<(f64, u64)>,
+    total_requests: u64,
+    total_tokens: u64,
+}
+
+/// Token records a [`Rolling`] keeps at most, whatever its window (a bound on memory even for
+/// a pathological rate of decode steps).
+pub const ROLLING_MAX_TOKEN_RECORDS: usize = 100_000;
+
+impl Rolling {
+    /// Keep `window_s` seconds of tokens (at least 1 s) and `max_requests` requests (at least 1).
+    pub fn new(slo: Option<Slo>, window_s: f64, max_requests: usize) -> Self {
+        Self {
+            slo,
+            window_s: if window_s.is_finite() {
+                window_s.max(1.0)
+            } else {
+                1.0
+            },
+            max_requests: max_requests.max(1),
+            requests: Default::default(),
+            tokens: Default::default(),
+            total_requests: 0,
+            total_tokens: 0,
+        }
+    }
+
+    /// A finished request, checked as [`Metrics::record_request`] does; the oldest kept one is
+    /// dropped beyond `max_requests`.
+    pub fn record_request(&mut self, r: &RequestTiming) -> Result<(), MetricsError> {
+        Metrics::new(None).record_request(r)?;
+        if self.requests.len() == self.max_requests {
+            self.requests.pop_front();
+        }
+        self.requests.push_back(*r);
+        self.total_requests += 1;
+        Ok(())
+    }
+
+    /// `n` tokens emitted at `t_s`; records older than `t_s − window_s` are dropped.
+    pub fn record_tokens(&mut self, t_s: f64, n: u64) -> Result<(), MetricsError> {
+        check_time("t_s", t_s)?;
+        while self
+            .tokens
+            .front()
+            .is_some_and(|&(t, _)| t < t_s - self.window_s)
+            || self.tokens.len() >= ROLLING_MAX_TOKEN_RECORDS
+        {
+            self.tokens.pop_front();
+        }
+        self.tokens.push_back((t_s, n));
+        self.total_tokens = self.total_tokens.saturating_add(n);
+        Ok(())
+    }
+
+    /// Records held now: bounded by `max_requests` plus the token records of one window.
+    pub fn stored(&self) -> usize {
+        self.requests.len() + self.tokens.len()
+    }
+
+    /// Requests finished over the whole run.
+    pub fn total_requests(&self) -> u64 {
+        self.total_requests
+    }
+
+    /// Tokens emitted over the whole run (saturating).
+    pub fn total_tokens(&self) -> u64 {
+        self.total_tokens
+    }
+
+    /// What is kept, as a [`Metrics`] (steps are not kept: its gaps are between token records).
+    pub fn metrics(&self) -> Metrics {
+        Metrics {
+            slo: self.slo,
+            requests: self.requests.iter().copied().collect(),
+            tokens: self.tokens.iter().copied().collect(),
+            steps: Vec::new(),
+        }
+    }
+}
+
 /// Tokens routed to each expert, per MoE layer (e.g. router counts), for the load-aware planner.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExpertLoad {
@@ -495,6 +588,40 @@ impl ExpertLoad {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rolling_accumulator_stays_bounded_over_a_long_run() {
+        let mut r = Rolling::new(Some(SLO), 10.0, 1000);
+        // A week at 100 decode steps/s would be 60 M records: here 2 M steps and 1 M requests.
+        for i in 0..2_000_000u64 {
+            let t = i as f64 * 0.01;
+            r.record_tokens(t, 4).unwrap();
+            if i % 2 == 0 {
+                let id = i / 2;
+                r.record_request(&req(id, t, t + 0.5, t + 1.0, 5)).unwrap();
+            }
+        }
+        assert!(r.stored() <= 1000 + 1001, "{} records kept", r.stored());
+        assert_eq!(r.total_requests(), 1_000_000);
+        assert_eq!(r.total_tokens(), 8_000_000);
+        let m = r.metrics();
+        let now = 2_000_000.0 * 0.01;
+        let recent = m.summary(Some((now - 10.0, now)));
+        assert!(
+            (recent.tokens_per_s - 400.0).abs() < 1.0,
+            "{}",
+            recent.tokens_per_s
+        );
+        let all = m.summary(None);
+        assert_eq!(all.requests, 1000, "the last 1000 requests");
+        assert_eq!(all.ttft.map(|s| s.p50), Some(0.5));
+        assert_eq!(all.slo_attainment, Some(1.0));
+        assert!(
+            r.record_tokens(f64::NAN, 1).is_err(),
+            "checked as Metrics checks"
+        );
+        assert!(r.record_request(&req(1, 2.0, 1.0, 3.0, 1)).is_err());
+    }
 
     fn req(id: u64, arrival_s: f64, first_token_s: f64, finish_s: f64, n: u32) -> RequestTiming {
         RequestTiming {

@@ -97,7 +97,9 @@ fn request<T>(opts: &ConnOptions, msg: T) -> tonic::Request<T> {
 async fn command(mut c: AgentClient<Channel>, opts: ConnOptions, cmd: NodeCmd) -> Reply {
     match cmd {
         NodeCmd::Plan(to) => {
-            let r = c.plan(proto::PlanRequest { to: to.clone() }).await;
+            let r = c
+                .plan(request(&opts, proto::PlanRequest { to: to.clone() }))
+                .await;
             Reply::Plan {
                 to,
                 result: r.map(|r| r.into_inner()).map_err(|s| status_text(&s)),
@@ -137,6 +139,31 @@ async fn command(mut c: AgentClient<Channel>, opts: ConnOptions, cmd: NodeCmd) -
     }
 }
 
+/// Where a watch resumes after a reconnection.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Resume {
+    incarnation: Option<String>,
+    seq: Option<u64>,
+}
+
+impl Resume {
+    /// Note an update: a snapshot sets the incarnation.
+    pub fn saw(&mut self, u: &proto::WatchUpdate) {
+        if let Some(proto::watch_update::Body::Snapshot(s)) = &u.body {
+            self.incarnation = Some(s.incarnation.clone());
+        }
+        self.seq = Some(u.seq);
+    }
+
+    /// The request that resumes after what was seen (a fresh watch before any snapshot).
+    pub fn request(&self) -> proto::WatchRequest {
+        proto::WatchRequest {
+            resume_from: self.seq.filter(|_| self.incarnation.is_some()),
+            incarnation: self.incarnation.clone(),
+        }
+    }
+}
+
 /// Answer a command that cannot be sent because the node is away.
 fn refuse(cmd: NodeCmd, why: &str) -> Reply {
     let e = Err(format!("not connected: {why}"));
@@ -163,7 +190,10 @@ async fn run(
 ) {
     let send = |body: NodeMsg| tx.send(Msg { node, body }).is_ok();
     let mut backoff = BACKOFF_MIN;
-    let mut last_seq: Option<u64> = None;
+    // Where to resume: the incarnation of the agent's start our snapshot came from, and the
+    // last sequence seen. A restarted agent has another incarnation and answers with a full
+    // snapshot, so its new numbering never applies to the old state.
+    let mut resume = Resume::default();
     loop {
         let copts = ConnectOptions {
             ssh_command: opts.ssh_command.clone(),
@@ -172,12 +202,7 @@ async fn run(
             Err(e) => format!("{e:#}"),
             Ok(client) => {
                 let mut w = client.clone();
-                match w
-                    .watch(proto::WatchRequest {
-                        resume_from: last_seq,
-                    })
-                    .await
-                {
+                match w.watch(request(&opts, resume.request())).await {
                     Err(s) => status_text(&s),
                     Ok(stream) => {
                         let mut stream = stream.into_inner();
@@ -195,7 +220,7 @@ async fn run(
                                 }
                                 m = stream.message() => match m {
                                     Ok(Some(u)) => {
-                                        last_seq = Some(u.seq);
+                                        resume.saw(&u);
                                         if !send(NodeMsg::Update(Box::new(u))) {
                                             return;
                                         }
@@ -229,5 +254,44 @@ async fn run(
             }
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::watch_update::Body;
+
+    #[test]
+    fn a_resume_carries_the_incarnation_of_the_snapshot_seen() {
+        let mut r = Resume::default();
+        assert_eq!(
+            r.request(),
+            proto::WatchRequest::default(),
+            "nothing seen: a fresh watch"
+        );
+        r.saw(&proto::WatchUpdate {
+            seq: 4,
+            body: Some(Body::Delta(proto::Delta::default())),
+        });
+        assert_eq!(
+            r.request().resume_from,
+            None,
+            "no snapshot yet: nothing to resume"
+        );
+        r.saw(&proto::WatchUpdate {
+            seq: 7,
+            body: Some(Body::Snapshot(proto::Snapshot {
+                incarnation: "a-1".into(),
+                ..Default::default()
+            })),
+        });
+        r.saw(&proto::WatchUpdate {
+            seq: 8,
+            body: Some(Body::Delta(proto::Delta::default())),
+        });
+        let q = r.request();
+        assert_eq!(q.resume_from, Some(8));
+        assert_eq!(q.incarnation.as_deref(), Some("a-1"));
     }
 }

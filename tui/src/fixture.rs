@@ -254,6 +254,7 @@ fn snapshot(shape: &Shape, node: usize) -> proto::Snapshot {
         }),
         events,
         migrations,
+        incarnation: format!("fixture-{node}"),
     }
 }
 

@@ -10,9 +10,9 @@ use clap::Args;
 use emoe_core::ParallelConfig;
 
 use super::NodeArgs;
-use crate::daemon::client::{AgentAddr, connect, default_socket};
+use crate::daemon::client::{AgentAddr, connect, default_socket, default_socket_checked};
 use crate::daemon::proto::{self, watch_update::Body};
-use crate::daemon::{AgentService, apply_delta, host};
+use crate::daemon::{apply_delta, host};
 use crate::exit::{self, CliError};
 use crate::serve::ServeOptions;
 
@@ -34,19 +34,25 @@ pub struct ServeArgs {
     /// refused unless --allow-remote and --token-file are both given.
     #[arg(long, value_name = "tcp://HOST:PORT")]
     pub listen: Option<String>,
-    /// Allow a non-loopback --listen address (needs --token-file too).
+    /// Allow a non-loopback --listen or --metrics address (needs --token-file too); every
+    /// call, reads and metrics included, then needs the token.
     #[arg(long)]
     pub allow_remote: bool,
     /// Mutating calls need this bearer token (the file's first line).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
-    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464). A non-loopback
+    /// address needs --allow-remote and --token-file, like --listen.
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Most watch streams served at once; the next is refused.
+    #[arg(long, default_value_t = crate::daemon::DEFAULT_MAX_WATCHERS as u32,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_watchers: u32,
     /// Most requests in one decode step of a replica.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub max_batch: u32,
-    /// How often the state is snapshotted and changes published to watchers.
+    /// How often the state is snapshotted and changes published to watchers (10ms to 1m).
     #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
     pub tick: Duration,
 }
@@ -57,16 +63,22 @@ pub struct AgentFlag {
     /// default socket).
     #[arg(long)]
     pub agent: Option<AgentAddr>,
-    /// The agent's bearer token for mutating calls (the file's first line).
+    /// The agent's bearer token (the file's first line): for mutating calls, and for every
+    /// call to an agent serving with --allow-remote.
     #[arg(long)]
     pub token_file: Option<PathBuf>,
 }
 
 impl AgentFlag {
-    fn addr(&self) -> AgentAddr {
-        self.agent
-            .clone()
-            .unwrap_or_else(|| AgentAddr::Unix(default_socket()))
+    /// The agent; the default socket only where its directory is private and ours (a socket
+    /// someone else could swap would get our token).
+    fn addr(&self) -> Result<AgentAddr, CliError> {
+        match &self.agent {
+            Some(a) => Ok(a.clone()),
+            None => default_socket_checked()
+                .map(AgentAddr::Unix)
+                .map_err(|e| CliError::usage(anyhow::anyhow!(e))),
+        }
     }
 
     /// `msg` as a request carrying the token, when one is given.
@@ -152,12 +164,33 @@ pub struct WatchArgs {
     /// One JSON object per update (the default output).
     #[arg(long)]
     pub ndjson: bool,
-    /// Resume after this sequence number.
-    #[arg(long)]
-    pub resume_from: Option<u64>,
+    /// Resume after this update: INCARNATION:SEQ, the `incarnation` of the snapshot the
+    /// watch began with and the last `seq` seen. Against another start of the agent, or too far
+    /// behind, the watch begins with a fresh snapshot.
+    #[arg(long, value_name = "INCARNATION:SEQ", value_parser = parse_resume)]
+    pub resume_from: Option<(String, u64)>,
     /// Stop after this many updates.
     #[arg(long)]
     pub count: Option<u64>,
+}
+
+fn parse_resume(s: &str) -> Result<(String, u64), String> {
+    let shown = crate::daemon::clip(s);
+    let Some((inc, seq)) = s.rsplit_once(':') else {
+        return Err(format!(
+            "`{shown}`: give INCARNATION:SEQ (the incarnation is in the snapshot a watch begins \
+             with): a sequence number alone could be another start's"
+        ));
+    };
+    if inc.is_empty() || !inc.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        return Err(format!(
+            "`{shown}`: the incarnation must be letters, digits and `-`"
+        ));
+    }
+    let seq = seq
+        .parse::<u64>()
+        .map_err(|e| format!("`{shown}`: the sequence number: {e}"))?;
+    Ok((inc.to_string(), seq))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
@@ -173,7 +206,10 @@ fn status_error(addr: &AgentAddr, s: tonic::Status) -> CliError {
     use tonic::Code;
     let code = match s.code() {
         Code::InvalidArgument | Code::NotFound => exit::USAGE,
-        Code::FailedPrecondition | Code::PermissionDenied | Code::Unauthenticated => exit::REFUSED,
+        Code::FailedPrecondition
+        | Code::PermissionDenied
+        | Code::Unauthenticated
+        | Code::ResourceExhausted => exit::REFUSED,
         _ => exit::FAILED,
     };
     CliError::new(code, anyhow::anyhow!("{addr}: {}", s.message()))
@@ -181,15 +217,54 @@ fn status_error(addr: &AgentAddr, s: tonic::Status) -> CliError {
 
 fn connect_error(addr: &AgentAddr, e: anyhow::Error) -> CliError {
     CliError::failed(anyhow::anyhow!(
-        "cannot reach the agent at {addr}: {e:#} (is `emoe-agent serve` running?)"
+        "cannot reach the agent at {addr}: {} (is `emoe-agent serve` running?)",
+        exit::chain(&e)
     ))
 }
 
+/// Longest `--tick`: a slower one would leave watchers blind for longer than is useful.
+const MAX_TICK: Duration = Duration::from_secs(60);
+
+/// A `--listen` or `--metrics` address: loopback, or with `--allow-remote` and a token.
+fn check_exposure(
+    flag: &str,
+    value: &str,
+    addr: std::net::SocketAddr,
+    a: &ServeArgs,
+) -> Result<(), CliError> {
+    if addr.ip().is_loopback() || (a.allow_remote && a.token_file.is_some()) {
+        return Ok(());
+    }
+    Err(CliError::usage(anyhow::anyhow!(
+        "{flag} {value}: a non-loopback address needs both --allow-remote and --token-file"
+    )))
+}
+
+/// Bind a TCP listener before anything is loaded, so a busy port fails at once.
+fn bind_tcp(
+    flag: &str,
+    value: &str,
+    addr: std::net::SocketAddr,
+) -> Result<std::net::TcpListener, CliError> {
+    let l = std::net::TcpListener::bind(addr).map_err(|e| {
+        CliError::usage(anyhow::anyhow!(
+            "{flag} {value}: cannot listen on {addr}: {e}"
+        ))
+    })?;
+    l.set_nonblocking(true).map_err(CliError::failed)?;
+    Ok(l)
+}
+
 pub fn serve(a: &ServeArgs) -> Result<(), CliError> {
-    if a.tick < Duration::from_millis(10) {
+    if a.tick < Duration::from_millis(10) || a.tick > MAX_TICK {
         return Err(CliError::usage(anyhow::anyhow!(
-            "--tick must be at least 10ms, got {:?}",
-            a.tick
+            "--tick {}: must be from 10ms to 1m",
+            humantime::format_duration(a.tick)
+        )));
+    }
+    if a.allow_remote && a.token_file.is_none() {
+        return Err(CliError::usage(anyhow::anyhow!(
+            "--allow-remote needs --token-file: a remote client must prove who it is"
         )));
     }
     let token = a.token_file.as_deref().map(read_token).transpose()?;
@@ -204,111 +279,120 @@ pub fn serve(a: &ServeArgs) -> Result<(), CliError> {
                     "--listen {l}: not an IP address and port ({e})"
                 ))
             })?;
-            let allowed = addr.ip().is_loopback() || (a.allow_remote && token.is_some());
-            if !allowed {
-                return Err(CliError::usage(anyhow::anyhow!(
-                    "--listen {l}: a non-loopback address needs both --allow-remote and --token-file"
-                )));
-            }
-            Some(addr)
+            check_exposure("--listen", l, addr, a)?;
+            Some((l.as_str(), addr))
         }
     };
+    if let Some(m) = a.metrics {
+        check_exposure("--metrics", &m.to_string(), m, a)?;
+    }
+    let default = a.socket.is_none();
     let path = a.socket.clone().unwrap_or_else(default_socket);
-    let listener = match tcp {
-        None => Some(host::bind(&path)?),
-        Some(_) => None,
-    };
+    if tcp.is_none() {
+        // Refuse a bad socket path before the model loads; it is bound once it has.
+        host::check_socket(&path, default)?;
+    }
+    let tcp = tcp
+        .map(|(l, addr)| bind_tcp("--listen", l, addr).map(|t| (t, addr)))
+        .transpose()?;
+    let metrics = a
+        .metrics
+        .map(|m| bind_tcp("--metrics", &m.to_string(), m).map(|t| (t, m)))
+        .transpose()?;
     let o = a.node.options();
     let opts = ServeOptions {
         max_batch: a.max_batch as usize,
         ..ServeOptions::default()
     };
-    let (daemon, vocab) = host::build(&o, opts, a.readonly, token)?;
-    let ticker = daemon.spawn_ticker(a.tick);
-    if let Some(rate) = a.traffic {
-        host::spawn_traffic(&daemon, rate, vocab)?;
-    }
+    let access = crate::daemon::Access {
+        readonly: a.readonly,
+        token,
+        auth_reads: a.allow_remote,
+        max_watchers: a.max_watchers as usize,
+    };
+    let (daemon, vocab) = host::build(&o, opts, access)?;
     let rt = runtime()?;
-    if let Some(m) = a.metrics {
-        let l = rt
-            .block_on(tokio::net::TcpListener::bind(m))
-            .map_err(|e| CliError::usage(anyhow::anyhow!("--metrics {m}: cannot listen ({e})")))?;
+    let signal = shutdown(&rt)?;
+    // From here on the socket file is removed on every way out (`SocketFile`).
+    let unix = match tcp {
+        None => Some(host::bind(&path, default)?),
+        Some(_) => None,
+    };
+    let ticker = daemon.spawn_ticker(a.tick);
+    if let Some(rate) = a.traffic
+        && let Err(e) = host::spawn_traffic(&daemon, rate, vocab)
+    {
+        host::stop(&daemon, ticker);
+        return Err(e);
+    }
+    if let Some((l, m)) = metrics {
         let d = Arc::clone(&daemon);
-        let app = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || {
-                let d = Arc::clone(&d);
-                async move {
-                    (
-                        [("content-type", "text/plain; version=0.0.4")],
-                        tokio::task::spawn_blocking(move || d.metrics_text())
-                            .await
-                            .unwrap_or_default(),
-                    )
-                }
-            }),
-        );
         rt.spawn(async move {
-            let _ = axum::serve(l, app).await;
+            if let Err(e) = host::serve_metrics(d, l).await {
+                eprintln!("emoe-agent: metrics on {m}: {e}");
+            }
         });
         eprintln!("emoe-agent: metrics on http://{m}/metrics");
     }
-    let svc = AgentService {
-        daemon: Arc::clone(&daemon),
-    };
-    let api = proto::agent_server::AgentServer::new(svc).max_decoding_message_size(1 << 20);
-    let r = match (listener, tcp) {
-        (Some(listener), _) => {
-            eprintln!("emoe-agent: serving on unix:{}", path.display());
-            rt.block_on(async move {
+    let d = Arc::clone(&daemon);
+    let r = match (unix, tcp) {
+        (Some((listener, file)), _) => {
+            eprintln!("emoe-agent: serving on unix:{}", file.path().display());
+            let r = rt.block_on(async move {
                 listener.set_nonblocking(true)?;
                 let l = tokio::net::UnixListener::from_std(listener)?;
                 let incoming = tokio_stream::wrappers::UnixListenerStream::new(l);
-                tonic::transport::Server::builder()
-                    .add_service(api)
-                    .serve_with_incoming_shutdown(incoming, shutdown())
+                host::serve_api(d, incoming, signal)
                     .await
                     .map_err(anyhow::Error::from)
-            })
+            });
+            host::stop(&daemon, ticker);
+            drop(file);
+            r
         }
-        (None, Some(addr)) => {
+        (None, Some((listener, addr))) => {
             eprintln!("emoe-agent: serving on http://{addr}");
-            rt.block_on(async move {
-                tonic::transport::Server::builder()
-                    .add_service(api)
-                    .serve_with_shutdown(addr, shutdown())
+            let r = rt.block_on(async move {
+                let l = tokio::net::TcpListener::from_std(listener)?;
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
+                host::serve_api(d, incoming, signal)
                     .await
                     .map_err(anyhow::Error::from)
-            })
+            });
+            host::stop(&daemon, ticker);
+            r
         }
         (None, None) => unreachable!("either a socket or a TCP address"),
     };
-    host::stop(&daemon, ticker);
-    if tcp.is_none() {
-        let _ = std::fs::remove_file(&path);
-    }
+    // Connections still open after the grace period are dropped with the runtime.
+    rt.shutdown_timeout(Duration::from_millis(100));
     eprintln!("emoe-agent: stopped");
     r.map_err(CliError::failed)
 }
 
-async fn shutdown() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async {
-            match term.as_mut() {
-                Some(t) => { t.recv().await; }
-                None => std::future::pending::<()>().await,
-            }
-        } => {}
-    }
+/// SIGTERM or SIGINT. The handlers are installed now (inside `rt`), before the socket is
+/// bound: a signal that comes as soon as a client can connect stops the agent in order rather
+/// than killing it with the socket left behind.
+fn shutdown(
+    rt: &tokio::runtime::Runtime,
+) -> Result<impl std::future::Future<Output = ()>, CliError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let _g = rt.enter();
+    let mut term = signal(SignalKind::terminate()).map_err(CliError::failed)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(CliError::failed)?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }
 
 pub fn status(a: &StatusArgs) -> Result<(), CliError> {
-    let addr = a.agent.addr();
+    let addr = a.agent.addr()?;
     let snap = runtime()?.block_on(async {
         let mut c = connect(&addr).await.map_err(|e| connect_error(&addr, e))?;
-        c.get_snapshot(proto::GetSnapshotRequest {})
+        c.get_snapshot(a.agent.request(proto::GetSnapshotRequest {})?)
             .await
             .map(|r| r.into_inner())
             .map_err(|s| status_error(&addr, s))
@@ -366,7 +450,7 @@ pub fn status(a: &StatusArgs) -> Result<(), CliError> {
 }
 
 pub fn scale(a: &ScaleArgs) -> Result<(), CliError> {
-    let addr = a.agent.addr();
+    let addr = a.agent.addr()?;
     if !a.yes {
         if !std::io::stdin().is_terminal() {
             return Err(CliError::usage(anyhow::anyhow!(
@@ -392,7 +476,7 @@ pub fn scale(a: &ScaleArgs) -> Result<(), CliError> {
         // Watch from before the request so no phase is missed.
         let mut stream = if a.wait {
             Some(
-                c.watch(proto::WatchRequest { resume_from: None })
+                c.watch(a.agent.request(proto::WatchRequest::default())?)
                     .await
                     .map_err(|s| status_error(&addr, s))?
                     .into_inner(),
@@ -418,12 +502,30 @@ pub fn scale(a: &ScaleArgs) -> Result<(), CliError> {
             return Ok(());
         };
         let mut seen = String::new();
+        let mut last: Option<proto::Operation> = None;
         loop {
-            let u = stream
-                .message()
-                .await
-                .map_err(|s| status_error(&addr, s))?
-                .ok_or_else(|| CliError::failed(anyhow::anyhow!("{addr}: the watch ended")))?;
+            // The agent may die or stop meanwhile: say so, with what is known of the operation.
+            let gone = |why: String, last: &Option<proto::Operation>| {
+                let known = match last {
+                    Some(o) => format!(
+                        "last seen {}, {} of {} copies done",
+                        o.phase, o.copies_done, o.copies_total
+                    ),
+                    None => "no progress seen yet".into(),
+                };
+                CliError::failed(anyhow::anyhow!(
+                    "{addr}: the agent went away during operation {op} ({why}); {known}; its \
+                     outcome is unknown: check `emoe-agent status` once the agent is back"
+                ))
+            };
+            let u = match stream.message().await {
+                Ok(Some(u)) => u,
+                Ok(None) => return Err(gone("the watch ended".into(), &last)),
+                Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                    return Err(status_error(&addr, s));
+                }
+                Err(s) => return Err(gone(s.message().to_string(), &last)),
+            };
             let ops = match &u.body {
                 Some(Body::Snapshot(s)) => s.operations.clone(),
                 Some(Body::Delta(d)) => d.operations.clone(),
@@ -432,6 +534,7 @@ pub fn scale(a: &ScaleArgs) -> Result<(), CliError> {
             let Some(o) = ops.into_iter().find(|o| o.id == op) else {
                 continue;
             };
+            last = Some(o.clone());
             if o.phase != seen {
                 seen = o.phase.clone();
                 if a.json {
@@ -459,7 +562,7 @@ pub fn scale(a: &ScaleArgs) -> Result<(), CliError> {
 }
 
 pub fn cancel(a: &CancelArgs) -> Result<(), CliError> {
-    let addr = a.agent.addr();
+    let addr = a.agent.addr()?;
     let r = runtime()?.block_on(async {
         let mut c = connect(&addr).await.map_err(|e| connect_error(&addr, e))?;
         c.cancel(a.agent.request(proto::CancelRequest {
@@ -484,13 +587,14 @@ pub fn cancel(a: &CancelArgs) -> Result<(), CliError> {
 }
 
 pub fn watch(a: &WatchArgs) -> Result<(), CliError> {
-    let addr = a.agent.addr();
+    let addr = a.agent.addr()?;
     runtime()?.block_on(async {
         let mut c = connect(&addr).await.map_err(|e| connect_error(&addr, e))?;
         let mut stream = c
-            .watch(proto::WatchRequest {
-                resume_from: a.resume_from,
-            })
+            .watch(a.agent.request(proto::WatchRequest {
+                resume_from: a.resume_from.as_ref().map(|r| r.1),
+                incarnation: a.resume_from.as_ref().map(|r| r.0.clone()),
+            })?)
             .await
             .map_err(|s| status_error(&addr, s))?
             .into_inner();

@@ -55,6 +55,9 @@ pub enum BenchCommand {
     Paper(super::paper::PaperArgs),
     /// The agent's update stream: updates/s and agent CPU with many watchers, and idle.
     Watch(super::bench_watch::WatchBenchArgs),
+    /// A long run of the agent (traffic, a watcher, a scale every --scale-every): its memory at
+    /// the start and the end, requests served, operations run.
+    Soak(super::bench_soak::SoakArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -157,6 +160,7 @@ pub fn run(a: &BenchArgs) -> Result<(), CliError> {
         BenchCommand::Ablation(x) => super::ablation::run(x),
         BenchCommand::Paper(x) => super::paper::run(x),
         BenchCommand::Watch(x) => super::bench_watch::run(x),
+        BenchCommand::Soak(x) => super::bench_soak::run(x),
     }
 }
 

@@ -140,7 +140,7 @@ async fn measure(
         let mut c = connect(&addr).await.map_err(CliError::failed)?;
         let count = Arc::clone(&count);
         let mut stream = c
-            .watch(proto::WatchRequest { resume_from: None })
+            .watch(proto::WatchRequest::default())
             .await
             .map_err(|s| CliError::failed(anyhow::anyhow!("{s}")))?
             .into_inner();

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use tokio::io::AsyncWriteExt;
 
-use crate::daemon::client::default_socket;
+use crate::daemon::client::default_socket_checked;
 use crate::exit::CliError;
 
 #[derive(Debug, Args)]
@@ -19,7 +19,11 @@ pub struct BridgeArgs {
 }
 
 pub fn run(a: &BridgeArgs) -> Result<(), CliError> {
-    let path = a.socket.clone().unwrap_or_else(default_socket);
+    // The default socket only in a directory private to us: the bridge carries the token.
+    let path = match &a.socket {
+        Some(p) => p.clone(),
+        None => default_socket_checked().map_err(|e| CliError::usage(anyhow::anyhow!(e)))?,
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -193,6 +193,49 @@ pub fn default_socket() -> PathBuf {
     }
 }
 
+/// Refuse the default socket's directory unless it is private to us: a directory (not a link),
+/// owned by our user, not writable by group or others. Anyone who can write there could swap
+/// the socket and capture the bearer token. An absent directory passes (it is created 0700).
+pub fn check_private_dir(dir: &Path) -> Result<(), String> {
+    check_private_dir_of(dir, rustix::process::getuid().as_raw())
+}
+
+/// [`check_private_dir`] for the user `uid`.
+pub fn check_private_dir_of(dir: &Path, uid: u32) -> Result<(), String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let m = match std::fs::symlink_metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("cannot inspect {}: {e}", dir.display())),
+    };
+    let refuse = |why: String| {
+        Err(format!(
+            "refusing the default socket directory {}: {why}; remove it, or pass --socket PATH",
+            dir.display()
+        ))
+    };
+    if !m.file_type().is_dir() {
+        return refuse("it is not a directory".into());
+    }
+    if m.uid() != uid {
+        return refuse(format!("it is owned by uid {}, not by uid {uid}", m.uid()));
+    }
+    let mode = m.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return refuse(format!("it is group- or world-writable (mode {mode:04o})"));
+    }
+    Ok(())
+}
+
+/// The default socket, after checking its directory ([`check_private_dir`]).
+pub fn default_socket_checked() -> Result<PathBuf, String> {
+    let p = default_socket();
+    if let Some(dir) = p.parent() {
+        check_private_dir(dir)?;
+    }
+    Ok(p)
+}
+
 /// How to reach an agent, beyond its address.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnectOptions {
@@ -328,6 +371,37 @@ mod tests {
             assert!(e.contains(&format!("`{s}`")), "{s}: {e}");
             assert!(e.contains(says), "{s}: {e}");
         }
+    }
+
+    #[test]
+    fn a_default_socket_directory_must_be_private_and_ours() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("emoe-x");
+        let me = rustix::process::getuid().as_raw();
+        assert_eq!(
+            check_private_dir_of(&dir, me),
+            Ok(()),
+            "absent: created later"
+        );
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(check_private_dir_of(&dir, me), Ok(()));
+        let e = check_private_dir_of(&dir, me + 1).unwrap_err();
+        assert!(
+            e.contains(&format!("owned by uid {me}, not by uid {}", me + 1)),
+            "{e}"
+        );
+        for mode in [0o770, 0o702, 0o1777] {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = check_private_dir_of(&dir, me).unwrap_err();
+            assert!(e.contains("group- or world-writable"), "{mode:o}: {e}");
+            assert!(e.contains(&dir.display().to_string()), "{e}");
+        }
+        let link = t.path().join("link");
+        std::os::unix::fs::symlink(t.path(), &link).unwrap();
+        let e = check_private_dir_of(&link, me).unwrap_err();
+        assert!(e.contains("not a directory"), "{e}");
     }
 
     #[test]

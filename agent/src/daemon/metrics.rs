@@ -4,8 +4,9 @@ use std::fmt::Write;
 
 use super::{Daemon, proto};
 
-/// The metrics of `snap` in the Prometheus text format (version 0.0.4).
-pub fn render(snap: &proto::Snapshot) -> String {
+/// The metrics of `snap` in the Prometheus text format (version 0.0.4); `started` operations
+/// since the agent started (`snap` holds only the recent ones).
+pub fn render(snap: &proto::Snapshot, started: u64) -> String {
     let mut o = String::new();
     let mut family = |name: &str, kind: &str, help: &str| {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -50,17 +51,32 @@ pub fn render(snap: &proto::Snapshot) -> String {
     for ((k, p), n) in &counts {
         lines.push(format!("emoe_operations{{kind=\"{k}\",phase=\"{p}\"}} {n}"));
     }
+    // One series per kind, never per operation: a daemon that scales every few seconds must
+    // not grow its exposition (and a scraper's storage) with every operation it ran.
     family(
         "emoe_operation_latency_seconds",
         "gauge",
-        "Command to switchover of each finished operation.",
+        "Command to switchover of the latest finished operation of each kind.",
     );
+    let mut latest: std::collections::BTreeMap<&str, &proto::Operation> = Default::default();
     for op in snap.operations.iter().filter(|o| o.phase == "done") {
+        let e = latest.entry(op.kind.as_str()).or_insert(op);
+        if op.id > e.id {
+            *e = op;
+        }
+    }
+    for (k, op) in &latest {
         lines.push(format!(
-            "emoe_operation_latency_seconds{{operation=\"{}\",kind=\"{}\",to=\"{}\"}} {}",
-            op.id, op.kind, op.to, op.latency_s
+            "emoe_operation_latency_seconds{{kind=\"{k}\"}} {}",
+            op.latency_s
         ));
     }
+    family(
+        "emoe_operations_started_total",
+        "counter",
+        "Operations started since the agent started.",
+    );
+    lines.push(format!("emoe_operations_started_total {started}"));
     if let Some(s) = &snap.serving {
         family(
             "emoe_requests_queued",
@@ -150,9 +166,49 @@ pub fn render(snap: &proto::Snapshot) -> String {
 impl Daemon {
     /// The metrics now.
     pub fn metrics_text(&self) -> String {
-        let snap = self.lock().last.clone();
-        let mut snap = snap;
-        snap.operations = self.lock().ops.values().map(|o| o.info.clone()).collect();
-        render(&snap)
+        let (mut snap, started) = {
+            let st = self.lock();
+            let mut snap = st.last.clone();
+            snap.operations = st.ops.values().map(|o| o.info.clone()).collect();
+            (snap, st.next_op - 1)
+        };
+        snap.events.clear();
+        render(&snap, started)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operations_make_one_series_per_kind_not_per_operation() {
+        let snap = proto::Snapshot {
+            operations: (1..=500)
+                .map(|id| proto::Operation {
+                    id,
+                    kind: if id % 2 == 0 { "scale" } else { "rebalance" }.into(),
+                    to: format!("dp{id}tp1ep{id}"),
+                    phase: "done".into(),
+                    latency_s: id as f64,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let text = render(&snap, 500);
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("emoe_operation_latency_seconds"))
+            .collect();
+        assert_eq!(
+            series,
+            [
+                "emoe_operation_latency_seconds{kind=\"rebalance\"} 499",
+                "emoe_operation_latency_seconds{kind=\"scale\"} 500",
+            ]
+        );
+        assert!(text.contains("emoe_operations_started_total 500"), "{text}");
+        assert!(!text.contains("operation=\""), "{text}");
     }
 }

@@ -16,14 +16,15 @@ mod ssh;
 pub use snapshot::{apply as apply_delta, delta as snapshot_delta};
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use emoe_core::metrics::{Metrics, RequestTiming};
+use emoe_core::metrics::{RequestTiming, Rolling};
 use emoe_core::plan::Topology;
 
 pub use service::AgentService;
+pub(crate) use service::clip;
 
 use crate::scale::{Event as ScaleEvent, Phase};
 use crate::serve::{ServeEvent, Server};
@@ -38,6 +39,49 @@ pub mod proto {
 pub const RING: usize = 256;
 /// Events kept in snapshots.
 pub const EVENTS: usize = 200;
+/// Finished requests whose latencies the snapshot's quantiles cover.
+pub const KEEP_REQUESTS: usize = 10_000;
+/// Seconds of token records kept (the snapshot's rates are over the last 10 s).
+pub const KEEP_TOKENS_S: f64 = 15.0;
+/// Finished operations kept (older ones are pruned so a long run stays bounded).
+pub const KEEP_OPS: usize = 100;
+/// Watch streams served at once unless `--max-watchers` says otherwise.
+pub const DEFAULT_MAX_WATCHERS: usize = 64;
+
+/// Who may call what, and how many may watch.
+#[derive(Clone, Debug)]
+pub struct Access {
+    /// Refuse every mutating call (`--readonly`).
+    pub readonly: bool,
+    /// Bearer token mutating calls need (`--token-file`).
+    pub token: Option<String>,
+    /// Reads need the token too (`--allow-remote`: the API is reachable from other hosts).
+    pub auth_reads: bool,
+    /// Watch streams served at once; the next one is refused.
+    pub max_watchers: usize,
+}
+
+impl Default for Access {
+    fn default() -> Self {
+        Self {
+            readonly: false,
+            token: None,
+            auth_reads: false,
+            max_watchers: DEFAULT_MAX_WATCHERS,
+        }
+    }
+}
+
+/// An id of this daemon's start, so that a client resuming a watch against a restarted agent
+/// (whose sequence numbers start again) gets a full snapshot: time, pid and a process counter.
+fn new_incarnation() -> String {
+    static STARTS: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let n = STARTS.fetch_add(1, Ordering::Relaxed);
+    format!("{nanos:x}-{:x}-{n}", std::process::id())
+}
 
 /// One scaling operation as clients see it.
 pub(crate) struct Op {
@@ -63,7 +107,8 @@ pub(crate) struct State {
     /// The latest snapshot: taken at start, so a watcher that connects before the first tick
     /// gets the node as it is, not an empty one.
     pub last: proto::Snapshot,
-    pub metrics: Metrics,
+    /// Bounded: the last [`KEEP_REQUESTS`] requests and [`KEEP_TOKENS_S`] of tokens.
+    pub metrics: Rolling,
     pub finished: u64,
     /// The copies of the current or last operation.
     pub migrations: Vec<proto::Migration>,
@@ -78,13 +123,19 @@ pub struct Daemon {
     pub(crate) state: Mutex<State>,
     pub(crate) updates: tokio::sync::broadcast::Sender<proto::WatchUpdate>,
     pub(crate) topology: Topology,
-    pub(crate) readonly: bool,
-    /// Bearer token mutating calls need (`--token-file`).
-    pub(crate) token: Option<String>,
+    pub(crate) access: Access,
+    /// This start's id (see [`new_incarnation`]).
+    pub(crate) incarnation: String,
+    /// Watch streams being served now.
+    pub(crate) watchers: AtomicUsize,
+    /// Set on shutdown: every watch stream ends, so a graceful stop need not wait for clients.
+    pub(crate) closing: tokio::sync::watch::Sender<bool>,
     pub(crate) sys: Mutex<sysinfo::System>,
     /// Devices with their regions, as of an HMM generation.
     pub(crate) devices_cache: Mutex<(Option<u64>, Vec<proto::Device>)>,
     pub(crate) stop: AtomicBool,
+    /// Wakes the ticker and the traffic thread from their waits when `stop` is set.
+    wake: (Mutex<()>, Condvar),
 }
 
 impl Daemon {
@@ -92,8 +143,7 @@ impl Daemon {
         server: Arc<Server>,
         facts: NodeFacts,
         topology: Topology,
-        readonly: bool,
-        token: Option<String>,
+        access: Access,
     ) -> Arc<Self> {
         let (updates, _) = tokio::sync::broadcast::channel(RING);
         let d = Arc::new(Self {
@@ -106,22 +156,56 @@ impl Daemon {
                 events: VecDeque::new(),
                 ring: VecDeque::new(),
                 last: proto::Snapshot::default(),
-                metrics: Metrics::new(None),
+                metrics: Rolling::new(None, KEEP_TOKENS_S, KEEP_REQUESTS),
                 finished: 0,
                 migrations: Vec::new(),
                 instance_tokens: BTreeMap::new(),
             }),
             updates,
             topology,
-            readonly,
-            token,
+            access,
+            incarnation: new_incarnation(),
+            watchers: AtomicUsize::new(0),
+            closing: tokio::sync::watch::channel(false).0,
             sys: Mutex::new(sysinfo::System::new()),
             devices_cache: Mutex::new((None, Vec::new())),
             stop: AtomicBool::new(false),
+            wake: (Mutex::new(()), Condvar::new()),
         });
         let first = d.snapshot();
         d.lock().last = first;
         d
+    }
+
+    /// This start's id: snapshots carry it, and a watch resumes only within it.
+    pub fn incarnation(&self) -> &str {
+        &self.incarnation
+    }
+
+    /// Stop the background threads: they are woken from their waits at once.
+    pub(crate) fn request_stop(&self) {
+        let _g = self.wake.0.lock().unwrap_or_else(|p| p.into_inner());
+        self.stop.store(true, Ordering::Release);
+        self.wake.1.notify_all();
+    }
+
+    /// Wait `d` or until a stop is requested; true when stopping.
+    pub(crate) fn wait_or_stop(&self, d: Duration) -> bool {
+        let g = self.wake.0.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = self
+            .wake
+            .1
+            .wait_timeout_while(g, d, |_| !self.stop.load(Ordering::Acquire))
+            .unwrap_or_else(|p| p.into_inner());
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// On shutdown: end every watch stream (and refuse new ones), and cancel the operations.
+    pub fn begin_shutdown(&self) {
+        self.closing.send_replace(true);
+        for o in self.lock().ops.values() {
+            o.cancel.store(true, Ordering::Release);
+        }
     }
 
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -169,7 +253,6 @@ impl Daemon {
                         while q.front().is_some_and(|(t, _)| *t < ts - 10.0) {
                             q.pop_front();
                         }
-                        let _ = st.metrics.record_step(ts);
                         if tokens > 0 {
                             let _ = st.metrics.record_tokens(ts, tokens as u64);
                         }
@@ -271,6 +354,14 @@ impl Daemon {
                 });
             }
         }
+        self.prune_ops();
+        {
+            // Instances that ended (every scale makes new ones) take their rate records along.
+            let now = self.server.now();
+            self.lock()
+                .instance_tokens
+                .retain(|_, q| q.back().is_some_and(|(t, _)| *t >= now - 10.0));
+        }
         let snap = self.snapshot();
         let mut st = self.lock();
         let update = snapshot::delta(&st.last, &snap);
@@ -291,13 +382,33 @@ impl Daemon {
         }
     }
 
-    /// Tick every `period` on a thread of its own until `stop` is set.
+    /// Keep the last [`KEEP_OPS`] finished operations (and any running one): a daemon that
+    /// scales every few seconds for weeks must not grow with every operation it ran.
+    pub(crate) fn prune_ops(&self) {
+        let mut st = self.lock();
+        let finished: Vec<u64> = st
+            .ops
+            .values()
+            .filter(|o| matches!(o.info.phase.as_str(), "done" | "failed" | "cancelled"))
+            .map(|o| o.info.id)
+            .collect();
+        for id in finished
+            .iter()
+            .take(finished.len().saturating_sub(KEEP_OPS))
+        {
+            st.ops.remove(id);
+        }
+    }
+
+    /// Tick every `period` on a thread of its own until a stop is requested (which wakes it).
     pub fn spawn_ticker(self: &Arc<Self>, period: Duration) -> std::thread::JoinHandle<()> {
         let d = Arc::clone(self);
         std::thread::spawn(move || {
-            while !d.stop.load(std::sync::atomic::Ordering::Acquire) {
+            while !d.stop.load(Ordering::Acquire) {
                 d.tick();
-                std::thread::sleep(period);
+                if d.wait_or_stop(period) {
+                    break;
+                }
             }
         })
     }

@@ -15,7 +15,7 @@ use emoe_core::scale::Strategy;
 
 use super::proto::agent_server::Agent;
 use super::proto::{self, watch_update::Body};
-use super::{Daemon, Op, RING};
+use super::{Daemon, Op};
 
 /// The service clients talk to.
 #[derive(Clone)]
@@ -23,30 +23,82 @@ pub struct AgentService {
     pub daemon: Arc<Daemon>,
 }
 
+/// Most characters of a client's value echoed in an error: a status message travels in a
+/// header, which a 100 KB value would overflow.
+pub(crate) const ECHO: usize = 120;
+
+/// `s` cut to [`ECHO`] characters, with `…` when cut.
+pub(crate) fn clip(s: &str) -> std::borrow::Cow<'_, str> {
+    match s.char_indices().nth(ECHO) {
+        None => s.into(),
+        Some((i, _)) => format!("{}… ({} bytes)", &s[..i], s.len()).into(),
+    }
+}
+
+/// `message`, with the client's `value` in it clipped (see [`clip`]), and the whole bounded.
+pub(crate) fn echo(message: &str, value: &str) -> String {
+    let m = if value.chars().count() > ECHO {
+        message.replace(value, &clip(value))
+    } else {
+        message.to_string()
+    };
+    match m.char_indices().nth(4 * ECHO) {
+        None => m,
+        Some((i, _)) => format!("{}…", &m[..i]),
+    }
+}
+
 fn bad_config(field: &str, s: &str) -> Result<ParallelConfig, Status> {
     s.parse::<ParallelConfig>()
-        .map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
+        .map_err(|e| Status::invalid_argument(echo(&format!("{field}: {e}"), s)))
 }
+
+/// Ends a watcher's count when its stream's task ends, however it ends.
+struct WatcherSlot(Arc<Daemon>);
+
+impl Drop for WatcherSlot {
+    fn drop(&mut self) {
+        self.0.watchers.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Updates a watcher may be behind before it is dropped: one that does not read must not make
+/// the daemon hold every update for it (a client reconnects and resumes, or gets a snapshot).
+pub(crate) const WATCH_BACKLOG: usize = 32;
 
 impl AgentService {
     /// Mutating calls: refused on a read-only agent, and with a token configured they need
     /// `authorization: Bearer TOKEN`.
     fn writable(&self, meta: &tonic::metadata::MetadataMap) -> Result<(), Status> {
-        if self.daemon.readonly {
+        if self.daemon.access.readonly {
             return Err(Status::permission_denied(
                 "the agent is read-only (--readonly): mutating calls are refused",
             ));
         }
-        if let Some(token) = &self.daemon.token {
+        self.authorized(meta, "mutating calls")
+    }
+
+    /// Reads: with `--allow-remote` (the API reachable from other hosts) they need the token
+    /// too.
+    fn readable(&self, meta: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+        if self.daemon.access.auth_reads {
+            return self.authorized(meta, "every call (--allow-remote)");
+        }
+        Ok(())
+    }
+
+    /// With a token configured, `authorization: Bearer TOKEN` must carry it.
+    fn authorized(&self, meta: &tonic::metadata::MetadataMap, what: &str) -> Result<(), Status> {
+        if let Some(token) = &self.daemon.access.token {
             let given = meta
                 .get("authorization")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "));
             match given {
                 None => {
-                    return Err(Status::unauthenticated(
-                        "this agent needs a token for mutating calls: pass --token-file",
-                    ));
+                    return Err(Status::unauthenticated(format!(
+                        "this agent needs a token for {what}: pass --token-file"
+                    )));
                 }
                 Some(t) if t != token => {
                     return Err(Status::unauthenticated(
@@ -159,8 +211,9 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::WatchUpdate, Status>>
 impl Agent for AgentService {
     async fn get_snapshot(
         &self,
-        _: Request<proto::GetSnapshotRequest>,
+        req: Request<proto::GetSnapshotRequest>,
     ) -> Result<Response<proto::Snapshot>, Status> {
+        self.readable(req.metadata())?;
         let d = Arc::clone(&self.daemon);
         let snap = tokio::task::spawn_blocking(move || {
             let mut s = d.snapshot();
@@ -178,8 +231,30 @@ impl Agent for AgentService {
         &self,
         req: Request<proto::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let resume = req.into_inner().resume_from;
+        self.readable(req.metadata())?;
+        let req = req.into_inner();
         let d = Arc::clone(&self.daemon);
+        let mut closing = d.closing.subscribe();
+        if *closing.borrow_and_update() {
+            return Err(Status::unavailable("the agent is shutting down"));
+        }
+        let max = d.access.max_watchers;
+        if d.watchers
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return Err(Status::resource_exhausted(format!(
+                "at most {max} watchers at once (--max-watchers {max}): try again later"
+            )));
+        }
+        let slot = WatcherSlot(Arc::clone(&d));
+        // A resume is only valid within the same start of the agent: a restarted one numbers
+        // its updates from 1 again, and its deltas do not apply to the old state.
+        let resume = req
+            .resume_from
+            .filter(|_| req.incarnation.as_deref() == Some(d.incarnation.as_str()));
         // Subscribe first so nothing published meanwhile is missed.
         let mut rx = d.updates.subscribe();
         let first: Vec<proto::WatchUpdate> = {
@@ -204,19 +279,39 @@ impl Agent for AgentService {
             }
         };
         let mut last = first.last().map_or(resume.unwrap_or(0), |u| u.seq);
-        let (tx, out) = tokio::sync::mpsc::channel(RING);
+        // The backlog, plus room for the first updates and the message that drops the watcher.
+        let (tx, out) = tokio::sync::mpsc::channel(WATCH_BACKLOG + first.len() + 1);
         tokio::spawn(async move {
+            let _slot = slot;
+            // Queue without waiting: a full queue means the client stopped reading.
+            let push = |u: proto::WatchUpdate| -> bool {
+                if tx.capacity() <= 1 {
+                    let _ = tx.try_send(Err(Status::resource_exhausted(format!(
+                        "this watcher fell {WATCH_BACKLOG} updates behind and was dropped: \
+                         reconnect to resume"
+                    ))));
+                    return false;
+                }
+                tx.try_send(Ok(u)).is_ok()
+            };
             for u in first {
-                if tx.send(Ok(u)).await.is_err() {
+                if !push(u) {
                     return;
                 }
             }
             loop {
-                match rx.recv().await {
+                let r = tokio::select! {
+                    biased;
+                    _ = closing.changed() => return,
+                    // The client left: free its slot now, not at the next update.
+                    () = tx.closed() => return,
+                    r = rx.recv() => r,
+                };
+                match r {
                     Ok(u) if u.seq <= last => continue,
                     Ok(u) => {
                         last = u.seq;
-                        if tx.send(Ok(u)).await.is_err() {
+                        if !push(u) {
                             return;
                         }
                     }
@@ -226,6 +321,8 @@ impl Agent for AgentService {
                             let st = d.lock();
                             let mut s = st.last.clone();
                             s.seq = st.seq;
+                            s.events = st.events.iter().cloned().collect();
+                            s.operations = st.ops.values().map(|o| o.info.clone()).collect();
                             s
                         };
                         last = snap.seq;
@@ -233,7 +330,7 @@ impl Agent for AgentService {
                             seq: snap.seq,
                             body: Some(Body::Snapshot(snap)),
                         };
-                        if tx.send(Ok(u)).await.is_err() {
+                        if !push(u) {
                             return;
                         }
                     }
@@ -250,6 +347,7 @@ impl Agent for AgentService {
         &self,
         req: Request<proto::PlanRequest>,
     ) -> Result<Response<proto::PlanReply>, Status> {
+        self.readable(req.metadata())?;
         let to = bad_config("to", &req.into_inner().to)?;
         let d = Arc::clone(&self.daemon);
         let p =

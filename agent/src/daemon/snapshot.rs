@@ -125,14 +125,20 @@ impl Daemon {
             .collect();
         let (queued, running) = server.queue();
         let node = self.node();
-        let st = self.lock();
+        // A bounded copy taken under the lock; the statistics are computed outside it.
+        let (metrics, finished) = {
+            let st = self.lock();
+            (st.metrics.metrics(), st.finished)
+        };
         let window = (ts - 10.0).max(0.0);
-        let recent = st.metrics.summary(Some((window, ts.max(window + 1e-9))));
-        let all = st.metrics.summary(None);
+        let recent = metrics.summary(Some((window, ts.max(window + 1e-9))));
+        let all = metrics.summary(None);
+        drop(metrics);
+        let st = self.lock();
         let serving = proto::Serving {
             queued: queued as u64,
             running: running as u64,
-            finished: st.finished,
+            finished,
             tokens_per_s: recent.tokens_per_s,
             requests_per_s: recent.requests_per_s,
             ttft_p50_s: all.ttft.as_ref().map_or(0.0, |s| s.p50),
@@ -152,6 +158,7 @@ impl Daemon {
             serving: Some(serving),
             events: st.events.iter().cloned().collect(),
             migrations: st.migrations.clone(),
+            incarnation: self.incarnation.clone(),
         }
     }
 

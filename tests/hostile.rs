@@ -442,10 +442,10 @@ fn tree(root: &Path) -> BTreeMap<PathBuf, String> {
             )
         };
         out.insert(p.clone(), format!("{kind}, mode {:o}", m.mode() & 0o7777));
-        if ft.is_dir() {
-            if let Ok(rd) = std::fs::read_dir(&p) {
-                stack.extend(rd.flatten().map(|e| e.path()));
-            }
+        if ft.is_dir()
+            && let Ok(rd) = std::fs::read_dir(&p)
+        {
+            stack.extend(rd.flatten().map(|e| e.path()));
         }
     }
     out

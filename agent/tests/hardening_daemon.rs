@@ -57,7 +57,12 @@ fn service(dir: &std::path::Path, capacity: u64, fault: Option<FaultHook>) -> Ag
         model: "micro-moe".into(),
     };
     AgentService {
-        daemon: Daemon::new(server, facts, Topology::uniform(1e10, 1e10), false, None),
+        daemon: Daemon::new(
+            server,
+            facts,
+            Topology::uniform(1e10, 1e10),
+            emoe_agent::daemon::Access::default(),
+        ),
     }
 }
 

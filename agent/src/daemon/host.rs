@@ -321,7 +321,12 @@ pub async fn serve_metrics(daemon: Arc<Daemon>, l: std::net::TcpListener) -> std
                     .get(header::AUTHORIZATION)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.strip_prefix("Bearer "));
-                if d.access.auth_reads && given != d.access.token.as_deref() {
+                let ok = match (given, d.access.token.as_deref()) {
+                    (_, None) => true,
+                    (Some(g), Some(t)) => super::service::same_secret(g, t),
+                    (None, Some(_)) => false,
+                };
+                if d.access.auth_reads && !ok {
                     return (
                         StatusCode::UNAUTHORIZED,
                         [(header::CONTENT_TYPE, "text/plain")],

@@ -71,6 +71,16 @@ impl Case {
     }
 }
 
+/// An environment value that means: remove the variable.
+const UNSET: &str = "\u{0}unset";
+
+/// `args` on micro-moe, as the borrowed strings [`Case::new`] takes.
+fn micro_str(args: &[&'static str]) -> Vec<&'static str> {
+    let mut v = args.to_vec();
+    v.extend(["--model", "micro-moe"]);
+    v
+}
+
 fn micro(args: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     v.extend(["--model", "micro-moe"].map(String::from));
@@ -267,6 +277,149 @@ fn cases() -> Vec<Case> {
                 TRAFFIC,
                 "[[scale]]\nat = \"500ms\"\nto = \"dp8tp2ep16\"",
             ),
+        ),
+        // ---- sockets and exposure ----
+        Case::new(
+            "a world-writable default socket directory",
+            "emoe-agent",
+            &micro_str(&["serve"]),
+            2,
+            &["{dir}/emoe-hostile", "group- or world-writable (mode 0777)"],
+        )
+        .env("XDG_RUNTIME_DIR", UNSET)
+        .env("TMPDIR", "{dir}")
+        .env("USER", "hostile")
+        .setup(|d| {
+            use std::os::unix::fs::PermissionsExt;
+            let s = d.join("emoe-hostile");
+            std::fs::create_dir(&s).unwrap();
+            std::fs::set_permissions(&s, std::fs::Permissions::from_mode(0o777)).unwrap();
+        }),
+        Case::new(
+            "a client on a world-writable default socket directory",
+            "emoe-agent",
+            &["status"],
+            2,
+            &["{dir}/emoe-hostile", "world-writable"],
+        )
+        .env("XDG_RUNTIME_DIR", UNSET)
+        .env("TMPDIR", "{dir}")
+        .env("USER", "hostile")
+        .setup(|d| {
+            use std::os::unix::fs::PermissionsExt;
+            let s = d.join("emoe-hostile");
+            std::fs::create_dir(&s).unwrap();
+            std::fs::set_permissions(&s, std::fs::Permissions::from_mode(0o777)).unwrap();
+        }),
+        Case::new(
+            "--socket on a regular file",
+            "emoe-agent",
+            &micro_str(&["serve", "--socket", "{dir}/file"]),
+            2,
+            &["{dir}/file", "not a socket; not replacing it"],
+        )
+        .file("file", "precious"),
+        Case::new(
+            "--socket on a symlink",
+            "emoe-agent",
+            &micro_str(&["serve", "--socket", "{dir}/link"]),
+            2,
+            &["{dir}/link", "symbolic link"],
+        )
+        .file("target", "precious")
+        .setup(|d| std::os::unix::fs::symlink(d.join("target"), d.join("link")).unwrap()),
+        Case::new(
+            "--socket on a directory",
+            "emoe-agent",
+            &micro_str(&["serve", "--socket", "{dir}/d"]),
+            2,
+            &["{dir}/d", "is a directory"],
+        )
+        .setup(|d| std::fs::create_dir(d.join("d")).unwrap()),
+        Case::new(
+            "a failed start chmods no parent and leaves no socket",
+            "emoe-agent",
+            &[
+                "serve",
+                "--socket",
+                "{dir}/open/agent.sock",
+                "--model",
+                "micro-moe",
+                "--hbm",
+                "1MiB",
+            ],
+            3,
+            &["not enough memory"],
+        )
+        .setup(|d| std::fs::create_dir(d.join("open")).unwrap()),
+        Case::new(
+            "--listen on a busy port fails before the model loads",
+            "emoe-agent",
+            &micro_str(&["serve", "--listen", "tcp://127.0.0.1:{busy_port}"]),
+            2,
+            &["127.0.0.1:{busy_port}", "cannot listen"],
+        ),
+        Case::new(
+            "--metrics on a public address without a token",
+            "emoe-agent",
+            &micro_str(&["serve", "--metrics", "0.0.0.0:1"]),
+            2,
+            &["--metrics 0.0.0.0:1", "--allow-remote and --token-file"],
+        ),
+        Case::new(
+            "--allow-remote without a token",
+            "emoe-agent",
+            &micro_str(&["serve", "--allow-remote"]),
+            2,
+            &["--allow-remote needs --token-file"],
+        ),
+        Case::new(
+            "a token file that is /dev/zero",
+            "emoe",
+            &["--token-file", "/dev/zero", "--once"],
+            2,
+            &["/dev/zero", "not a regular file"],
+        ),
+        Case::new(
+            "serve with an hour's tick",
+            "emoe-agent",
+            &micro_str(&["serve", "--tick", "1h"]),
+            2,
+            &["--tick", "1h", "10ms..=1m"],
+        ),
+        Case::new(
+            "resume without an incarnation",
+            "emoe-agent",
+            &["watch", "--agent", "{agent}", "--resume-from", "5"],
+            2,
+            &["--resume-from", "`5`", "INCARNATION:SEQ"],
+        )
+        .against_agent(),
+        Case::new(
+            "a mutating call with a token file that is a FIFO",
+            "emoe-agent",
+            &[
+                "scale",
+                "--agent",
+                "{agent}",
+                "--to",
+                "dp3tp2ep6",
+                "--yes",
+                "--token-file",
+                "{dir}/token",
+            ],
+            2,
+            &["{dir}/token", "FIFO"],
+        )
+        .setup(|d| mkfifo(&d.join("token")))
+        .against_agent(),
+        // ---- the embedded agent cannot start: the console says why, at once ----
+        Case::new(
+            "an embedded node too small for its model",
+            "emoe",
+            &["--once", "--model", "micro-moe", "--hbm", "1MiB"],
+            3,
+            &["not enough memory", "0/0"],
         ),
         // ---- environment ----
         Case::new(
@@ -582,7 +735,11 @@ fn run(c: &Case, scratch: &Path, cache: &Path, agent: Option<&Agent>) -> Result<
         .env("EMOE_CONFIG_DIR", dir.join("config"))
         .stdin(Stdio::null());
     for (k, v) in &c.env {
-        cmd.env(k, subst(v));
+        if v == UNSET {
+            cmd.env_remove(k);
+        } else {
+            cmd.env(k, subst(v));
+        }
     }
     let out =
         output_within(cmd, Duration::from_secs(120)).map_err(|e| format!("{}: {e}", c.bin))?;

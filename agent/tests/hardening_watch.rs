@@ -292,7 +292,7 @@ fn sigterm_stops_an_agent_with_the_longest_tick_and_the_tick_is_bounded() {
     let (took, _) = a.terminate();
     assert!(took < STOP_WITHIN, "stopped in {took:?}");
     for (tick, shown) in [
-        ("1h", "--tick 1h: must be from 10ms to 1m"),
+        ("1h", "--tick <TICK>': `1h` is outside 10ms..=1m"),
         ("5ms", "--tick 5ms"),
     ] {
         let mut args = vec!["serve", "--socket", s.to_str().unwrap(), "--tick", tick];

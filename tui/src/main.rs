@@ -167,9 +167,9 @@ fn main() -> ExitCode {
     let settings = config::load(&load);
     let token = match &cli.token_file {
         None => None,
-        Some(p) => match std::fs::read_to_string(p) {
-            Ok(t) => Some(t.lines().next().unwrap_or("").trim().to_string()),
-            Err(e) => return fail(format!("cannot read token file {}: {e}", p.display()), 2),
+        Some(p) => match emoe_agent::cli::read_token(p) {
+            Ok(t) => Some(t),
+            Err(e) => return fail(&e, e.code),
         },
     };
     let mut addrs: Vec<AgentAddr> = cli.agent.clone();

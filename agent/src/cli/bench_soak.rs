@@ -36,11 +36,11 @@ pub struct SoakArgs {
     #[arg(long, default_value = "dp3tp2ep6")]
     pub to: ParallelConfig,
     /// Poisson requests/s served.
-    #[arg(long, default_value_t = 20.0)]
+    #[arg(long, default_value_t = 20.0, value_parser = super::parse_rate)]
     pub traffic: f64,
     /// The agent's snapshot period.
-    #[arg(long, default_value = "100ms")]
-    pub tick: String,
+    #[arg(long, default_value = "100ms", value_parser = super::parse_tick)]
+    pub tick: Duration,
     #[arg(long, default_value = "micro-moe")]
     pub model: String,
     /// Memory per device.
@@ -143,7 +143,14 @@ pub fn run(a: &SoakArgs) -> Result<(), CliError> {
     let child = Command::new(exe)
         .args(["serve", "--socket"])
         .arg(&sock)
-        .args(["--model", &a.model, "--hbm", &a.hbm, "--tick", &a.tick])
+        .args([
+            "--model",
+            &a.model,
+            "--hbm",
+            &a.hbm,
+            "--tick",
+            &humantime::format_duration(a.tick).to_string(),
+        ])
         .args(["--config", &a.config.to_string()])
         .args(["--traffic", &a.traffic.to_string()])
         .stdin(Stdio::null())

@@ -234,6 +234,8 @@ pub fn parse_or_exit<C: Parser>() -> C {
     }
 }
 
+pub use agent_cmds::read_token;
+
 /// Run a parsed command line.
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {

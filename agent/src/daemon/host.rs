@@ -404,21 +404,33 @@ impl Embedded {
             return Err(e);
         }
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        // The API thread says whether it came up, so a failure there is an error here, not a
+        // console waiting on a socket nobody serves.
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let d = Arc::clone(&daemon);
         let thread = std::thread::Builder::new()
             .name("emoe-embedded-agent".into())
             .spawn(move || {
-                let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
+                let rt = match tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(1)
                     .enable_all()
                     .build()
-                else {
-                    return;
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("cannot start its runtime: {e}")));
+                        return;
+                    }
                 };
                 rt.block_on(async move {
-                    let Ok(l) = tokio::net::UnixListener::from_std(listener) else {
-                        return;
+                    let l = match tokio::net::UnixListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(format!("cannot listen: {e}")));
+                            return;
+                        }
                     };
+                    let _ = ready_tx.send(Ok(()));
                     let incoming = tokio_stream::wrappers::UnixListenerStream::new(l);
                     let _ = serve_api(d, incoming, async {
                         let _ = rx.await;
@@ -428,6 +440,16 @@ impl Embedded {
                 rt.shutdown_timeout(Duration::from_millis(100));
             })
             .map_err(CliError::failed)?;
+        let up = ready_rx
+            .recv()
+            .unwrap_or_else(|_| Err("its API thread ended before it started".into()));
+        if let Err(e) = up {
+            let _ = thread.join();
+            stop(&daemon, ticker);
+            return Err(CliError::failed(anyhow::anyhow!(
+                "the embedded agent did not start: {e}"
+            )));
+        }
         Ok(Self {
             socket: file,
             daemon,

@@ -24,7 +24,6 @@ use emoe_core::metrics::{RequestTiming, Rolling};
 use emoe_core::plan::Topology;
 
 pub use service::AgentService;
-pub(crate) use service::clip;
 
 use crate::scale::{Event as ScaleEvent, Phase};
 use crate::serve::{ServeEvent, Server};

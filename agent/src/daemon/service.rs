@@ -23,29 +23,16 @@ pub struct AgentService {
     pub daemon: Arc<Daemon>,
 }
 
-/// Most characters of a client's value echoed in an error: a status message travels in a
-/// header, which a 100 KB value would overflow.
-pub(crate) const ECHO: usize = 120;
-
-/// `s` cut to [`ECHO`] characters, with `…` when cut.
-pub(crate) fn clip(s: &str) -> std::borrow::Cow<'_, str> {
-    match s.char_indices().nth(ECHO) {
-        None => s.into(),
-        Some((i, _)) => format!("{}… ({} bytes)", &s[..i], s.len()).into(),
-    }
-}
-
-/// `message`, with the client's `value` in it clipped (see [`clip`]), and the whole bounded.
+/// `message`, with the client's `value` in it quoted as [`emoe_core::echo::echo`] quotes it,
+/// and the whole bounded: a status message travels in a header, which a 100 KB value would
+/// overflow.
 pub(crate) fn echo(message: &str, value: &str) -> String {
-    let m = if value.chars().count() > ECHO {
-        message.replace(value, &clip(value))
+    let m = if value.chars().count() > emoe_core::echo::ECHO_CHARS {
+        message.replace(value, &emoe_core::echo::echo(value))
     } else {
         message.to_string()
     };
-    match m.char_indices().nth(4 * ECHO) {
-        None => m,
-        Some((i, _)) => format!("{}…", &m[..i]),
-    }
+    emoe_core::echo::bound_words(&m)
 }
 
 fn bad_config(field: &str, s: &str) -> Result<ParallelConfig, Status> {

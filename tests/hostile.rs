@@ -289,12 +289,7 @@ fn cases() -> Vec<Case> {
         .env("XDG_RUNTIME_DIR", UNSET)
         .env("TMPDIR", "{dir}")
         .env("USER", "hostile")
-        .setup(|d| {
-            use std::os::unix::fs::PermissionsExt;
-            let s = d.join("emoe-hostile");
-            std::fs::create_dir(&s).unwrap();
-            std::fs::set_permissions(&s, std::fs::Permissions::from_mode(0o777)).unwrap();
-        }),
+        .setup(world_writable_socket_dir),
         Case::new(
             "a client on a world-writable default socket directory",
             "emoe-agent",
@@ -305,12 +300,7 @@ fn cases() -> Vec<Case> {
         .env("XDG_RUNTIME_DIR", UNSET)
         .env("TMPDIR", "{dir}")
         .env("USER", "hostile")
-        .setup(|d| {
-            use std::os::unix::fs::PermissionsExt;
-            let s = d.join("emoe-hostile");
-            std::fs::create_dir(&s).unwrap();
-            std::fs::set_permissions(&s, std::fs::Permissions::from_mode(0o777)).unwrap();
-        }),
+        .setup(world_writable_socket_dir),
         Case::new(
             "--socket on a regular file",
             "emoe-agent",
@@ -551,6 +541,15 @@ fn cases() -> Vec<Case> {
         )
         .against_agent(),
     ]
+}
+
+/// `{dir}/emoe-hostile`, the default socket directory of user `hostile` under `TMPDIR={dir}`,
+/// made 0777 as another user could make it.
+fn world_writable_socket_dir(d: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let s = d.join("emoe-hostile");
+    std::fs::create_dir(&s).unwrap();
+    std::fs::set_permissions(&s, std::fs::Permissions::from_mode(0o777)).unwrap();
 }
 
 fn mkfifo(p: &Path) {

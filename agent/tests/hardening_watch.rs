@@ -293,7 +293,7 @@ fn sigterm_stops_an_agent_with_the_longest_tick_and_the_tick_is_bounded() {
     assert!(took < STOP_WITHIN, "stopped in {took:?}");
     for (tick, shown) in [
         ("1h", "--tick <TICK>': `1h` is outside 10ms..=1m"),
-        ("5ms", "--tick 5ms"),
+        ("5ms", "--tick <TICK>': `5ms` is outside 10ms..=1m"),
     ] {
         let mut args = vec!["serve", "--socket", s.to_str().unwrap(), "--tick", tick];
         args.extend_from_slice(&NODE);

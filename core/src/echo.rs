@@ -23,14 +23,15 @@ pub fn echo(s: &str) -> String {
     out
 }
 
-/// `text` (a whole message, e.g. a command-line parser's) with every word longer than
+/// `text` (a whole message, e.g. a command-line parser's) with every word longer than twice
 /// [`ECHO_CHARS`] quoted as [`echo`] quotes it, so a message that repeats a huge value stays
-/// bounded however it was built.
+/// bounded however it was built. (Twice: a value already quoted by [`echo`], with the quotes
+/// and punctuation around it, is left as it is.)
 pub fn bound_words(text: &str) -> String {
     let mut out = String::with_capacity(text.len().min(4096));
     let mut word = String::new();
     let flush = |word: &mut String, out: &mut String| {
-        if word.chars().count() > ECHO_CHARS {
+        if word.chars().count() > 2 * ECHO_CHARS {
             out.push_str(&echo(word));
         } else {
             out.push_str(word);
@@ -64,6 +65,9 @@ mod tests {
         assert!(b.starts_with("error: invalid value '"), "{b}");
         assert!(b.contains("for '--to <TO>'"), "{b}");
         assert_eq!(bound_words("short words stay"), "short words stay");
+        // A value echo() already cut is not cut again.
+        let once = format!("`{}`", echo(&"x".repeat(1000)));
+        assert_eq!(bound_words(&once), once);
     }
 
     #[test]

@@ -309,6 +309,14 @@ fn a_remote_agent_needs_the_token_for_reads_and_metrics() {
         &[],
     );
     assert!(out.status.success(), "{}", stderr(&out));
+    // Plan is a read too: refused without the token, answered with it.
+    let plan = ["plan", "--agent", &agent, "--to", "dp3tp2ep6", "--json"];
+    let out = run(&plan, &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let mut with = plan.to_vec();
+    with.extend(["--token-file", tok]);
+    let out = run(&with, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
     let get = |auth: Option<&str>| {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(&metrics).unwrap();

@@ -83,25 +83,33 @@ impl AgentFlag {
 
     /// `msg` as a request carrying the token, when one is given.
     fn request<T>(&self, msg: T) -> Result<tonic::Request<T>, CliError> {
-        let mut r = tonic::Request::new(msg);
-        if let Some(f) = &self.token_file {
-            let t = read_token(f)?;
-            let v = format!("Bearer {t}").parse().map_err(|_| {
-                CliError::usage(anyhow::anyhow!(
-                    "{}: the token has characters a header cannot carry",
-                    f.display()
-                ))
-            })?;
-            r.metadata_mut().insert("authorization", v);
-        }
-        Ok(r)
+        with_token(msg, self.token_file.as_deref())
     }
 }
 
-/// The token in `path`: its first line, trimmed, not empty.
+/// `msg` as a request carrying `Authorization: Bearer TOKEN` from `token_file`, when given.
+pub(crate) fn with_token<T>(
+    msg: T,
+    token_file: Option<&Path>,
+) -> Result<tonic::Request<T>, CliError> {
+    let mut r = tonic::Request::new(msg);
+    if let Some(f) = token_file {
+        let t = read_token(f)?;
+        let v = format!("Bearer {t}").parse().map_err(|_| {
+            CliError::usage(anyhow::anyhow!(
+                "{}: the token has characters a header cannot carry",
+                f.display()
+            ))
+        })?;
+        r.metadata_mut().insert("authorization", v);
+    }
+    Ok(r)
+}
+
 /// The largest token file read (a token is one short line).
 const MAX_TOKEN_FILE: u64 = 64 << 10;
 
+/// The token in `path`: its first line, trimmed, not empty.
 pub fn read_token(path: &Path) -> Result<String, CliError> {
     let text = emoe_core::fsio::read_to_string_capped(path, MAX_TOKEN_FILE)
         .map_err(|e| CliError::usage(anyhow::anyhow!("cannot read token file {e}")))?;
@@ -201,7 +209,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 }
 
 /// A gRPC error as an exit code: the caller's mistake 2, a refusal by rule 3, else 1.
-fn status_error(addr: &AgentAddr, s: tonic::Status) -> CliError {
+pub(crate) fn status_error(addr: &AgentAddr, s: tonic::Status) -> CliError {
     use tonic::Code;
     let code = match s.code() {
         Code::InvalidArgument | Code::NotFound => exit::USAGE,

@@ -21,6 +21,10 @@ pub struct PlanArgs {
     /// Plan against a running agent (unix:PATH, http://HOST:PORT or ssh://[USER@]HOST[:PORT]).
     #[arg(long)]
     pub agent: Option<crate::daemon::client::AgentAddr>,
+    /// The agent's bearer token (the file's first line), for an agent serving with
+    /// --allow-remote.
+    #[arg(long, requires = "agent")]
+    pub token_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub node: NodeArgs,
     /// Target parallel config (TP must stay the same).
@@ -131,18 +135,15 @@ fn remote(addr: &crate::daemon::client::AgentAddr, a: &PlanArgs) -> Result<(), C
         let mut c = crate::daemon::client::connect(addr).await.map_err(|e| {
             CliError::failed(anyhow::anyhow!("cannot reach the agent at {addr}: {e:#}"))
         })?;
-        c.plan(proto::PlanRequest {
-            to: a.to.to_string(),
-        })
+        c.plan(super::agent_cmds::with_token(
+            proto::PlanRequest {
+                to: a.to.to_string(),
+            },
+            a.token_file.as_deref(),
+        )?)
         .await
         .map(|r| r.into_inner())
-        .map_err(|s| {
-            let code = match s.code() {
-                tonic::Code::InvalidArgument => exit::REFUSED,
-                _ => exit::FAILED,
-            };
-            CliError::new(code, anyhow::anyhow!("{addr}: {}", s.message()))
-        })
+        .map_err(|s| super::agent_cmds::status_error(addr, s))
     })?;
     if a.json {
         println!("{}", serde_json::to_string(&p).map_err(CliError::failed)?);

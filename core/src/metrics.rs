@@ -228,24 +228,7 @@ impl Metrics {
     /// A finished request. Its times must be finite, non-negative and ordered
     /// `arrival ≤ first token ≤ finish`, with at least one output token.
     pub fn record_request(&mut self, r: &RequestTiming) -> Result<(), MetricsError> {
-        let bad = |rule| MetricsError::Timing {
-            id: r.id,
-            rule,
-            got: format!(
-                "arrival {} first token {} finish {} output tokens {}",
-                r.arrival_s, r.first_token_s, r.finish_s, r.output_tokens
-            ),
-        };
-        let times = [r.arrival_s, r.first_token_s, r.finish_s];
-        if !times.iter().all(|t| t.is_finite() && *t >= 0.0) {
-            return Err(bad("times must be finite, non-negative seconds"));
-        }
-        if !(r.arrival_s <= r.first_token_s && r.first_token_s <= r.finish_s) {
-            return Err(bad("times must be ordered arrival ≤ first token ≤ finish"));
-        }
-        if r.output_tokens == 0 {
-            return Err(bad("a finished request has at least 1 output token"));
-        }
+        check_request(r)?;
         self.requests.push(*r);
         Ok(())
     }
@@ -425,6 +408,29 @@ impl Metrics {
     }
 }
 
+/// A finished request's timings are finite, non-negative, ordered, with at least one token.
+fn check_request(r: &RequestTiming) -> Result<(), MetricsError> {
+    let bad = |rule| MetricsError::Timing {
+        id: r.id,
+        rule,
+        got: format!(
+            "arrival {} first token {} finish {} output tokens {}",
+            r.arrival_s, r.first_token_s, r.finish_s, r.output_tokens
+        ),
+    };
+    let times = [r.arrival_s, r.first_token_s, r.finish_s];
+    if !times.iter().all(|t| t.is_finite() && *t >= 0.0) {
+        return Err(bad("times must be finite, non-negative seconds"));
+    }
+    if !(r.arrival_s <= r.first_token_s && r.first_token_s <= r.finish_s) {
+        return Err(bad("times must be ordered arrival ≤ first token ≤ finish"));
+    }
+    if r.output_tokens == 0 {
+        return Err(bad("a finished request has at least 1 output token"));
+    }
+    Ok(())
+}
+
 /// A bounded accumulator for a server that runs for weeks: the tokens of the last `window_s`
 /// seconds and the last `max_requests` finished requests, with totals over the whole run.
 /// Its statistics are of what it keeps: rates over a recent window, and TTFT, TPOT and SLO
@@ -467,7 +473,7 @@ impl Rolling {
     /// A finished request, checked as [`Metrics::record_request`] does; the oldest kept one is
     /// dropped beyond `max_requests`.
     pub fn record_request(&mut self, r: &RequestTiming) -> Result<(), MetricsError> {
-        Metrics::new(None).record_request(r)?;
+        check_request(r)?;
         if self.requests.len() == self.max_requests {
             self.requests.pop_front();
         }

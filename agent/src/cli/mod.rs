@@ -104,7 +104,7 @@ pub struct NodeArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// KV-cache tokens per device (1 to 16Mi).
-    #[arg(long, default_value_t = 16_384, value_parser = clap::value_parser!(u64).range(1..=MAX_KV_TOKENS))]
+    #[arg(long, default_value_t = 16_384, value_parser = clap::value_parser!(u64).range(1..=emoe_core::deploy::MAX_KV_TOKENS))]
     pub kv_tokens: u64,
     /// Where generated checkpoints are cached (default: $EMOE_CACHE_DIR, else the platform
     /// cache dir, e.g. ~/.cache/elasticmoe).
@@ -148,9 +148,6 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(v.as_u64())
 }
 
-/// Most KV-cache tokens per device `--kv-tokens` takes: far past any accelerator's memory, small
-/// enough that token × per-token-size arithmetic cannot overflow.
-pub const MAX_KV_TOKENS: u64 = 1 << 24;
 /// Most memory per device `--hbm` takes (16 TiB, a hundred times today's largest accelerator).
 pub const MAX_HBM: u64 = 16 << 40;
 /// `--granularity` bounds: a page, up to 1 GiB.
@@ -203,7 +200,7 @@ pub fn parse_tick(s: &str) -> Result<std::time::Duration, String> {
     Ok(d)
 }
 
-/// A request rate (requests/s): finite, 0 to 100 000.
+/// A request rate (requests/s): finite, 0 to the traffic generators' [`MAX_RATE`](emoe_core::traffic::MAX_RATE).
 pub fn parse_rate(s: &str) -> Result<f64, String> {
     let v: f64 = s.trim().parse().map_err(|_| {
         format!(
@@ -211,9 +208,10 @@ pub fn parse_rate(s: &str) -> Result<f64, String> {
             emoe_core::echo::echo(s)
         )
     })?;
-    if !(v.is_finite() && (0.0..=100_000.0).contains(&v)) {
+    let max = emoe_core::traffic::MAX_RATE;
+    if !(v.is_finite() && (0.0..=max).contains(&v)) {
         return Err(format!(
-            "`{}` is outside 0..=100000 requests/s",
+            "`{}` is outside 0..={max} requests/s",
             emoe_core::echo::echo(s)
         ));
     }

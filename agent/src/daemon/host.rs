@@ -561,20 +561,7 @@ mod tests {
     #[test]
     fn the_daemon_holds_a_full_snapshot_before_its_first_tick() {
         let cache = tempfile::tempdir().unwrap();
-        let o = NodeOptions {
-            backend: Default::default(),
-            node: 0,
-            devices: Some(8),
-            logical_per_gpu: 1,
-            hbm: Some(256 << 20),
-            granularity: None,
-            model: ModelSource::Preset("micro-moe".into()),
-            config: "dp2tp2ep4".parse().unwrap(),
-            first_device: 0,
-            seed: 1,
-            kv_tokens: 256,
-            cache_dir: Some(cache.path().to_path_buf()),
-        };
+        let o = node(&cache);
         // `build` starts no ticker.
         let (daemon, _) = build(&o, ServeOptions::default(), Access::default()).unwrap();
         let st = daemon.lock();

@@ -165,11 +165,7 @@ impl AgentService {
             let r =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&daemon, &cancel)))
                     .unwrap_or_else(|p| {
-                        let why = p
-                            .downcast_ref::<&str>()
-                            .map(|s| (*s).to_string())
-                            .or_else(|| p.downcast_ref::<String>().cloned())
-                            .unwrap_or_else(|| "a panic without a message".into());
+                        let why = crate::serve::panic_message(&*p);
                         Err(format!("the operation panicked: {why}"))
                     });
             daemon.tick();

@@ -192,8 +192,7 @@ mod humantime_serde_opt {
 const MAX_FILE: u64 = 1 << 20;
 /// The most scaling steps.
 const MAX_STEPS: usize = 1000;
-/// The largest KV cache per device, tokens.
-const MAX_KV_TOKENS: u64 = 1 << 24;
+use emoe_core::deploy::MAX_KV_TOKENS;
 use emoe_core::traffic::MAX_SECONDS;
 
 /// Why a scenario file was refused.

@@ -15,6 +15,8 @@ mod kv;
 mod switch;
 mod worker;
 
+pub use switch::panic_message;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;

@@ -57,7 +57,8 @@ struct ColdFit {
     kv_tokens: u64,
 }
 
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+/// What a caught panic said, for the operation's error.
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<&str>()
         .map(|s| (*s).to_string())
         .or_else(|| p.downcast_ref::<String>().cloned())

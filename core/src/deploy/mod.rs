@@ -21,6 +21,10 @@ use crate::hmm::{AllocId, Hmm, HmmError, RegionTag, ReservationId, ViewId};
 use crate::model::{ModelSpec, Pack, PackKey, PackedTensor, Split};
 use crate::parallel::ParallelConfig;
 
+/// Most KV-cache tokens per device a node takes (flags and scenarios): far past any
+/// accelerator's memory, small enough that tokens × per-token bytes cannot overflow.
+pub const MAX_KV_TOKENS: u64 = 1 << 24;
+
 /// Knobs of a load.
 #[derive(Clone, Debug)]
 pub struct DeployOptions {

@@ -224,6 +224,7 @@ pub fn serve_attached(socket: &Path) -> anyhow::Result<()> {
                         token: *token,
                         pos: *pos,
                         blocks,
+                        logprobs: None,
                     })
                     .collect();
                 match engine.step(&hmm, &dep, req.group, &inputs) {

@@ -101,6 +101,7 @@ fn serves(s: &Server) {
     s.submit(Submit {
         prompt: vec![1, 2, 3],
         output_tokens: 3,
+        ..Default::default()
     })
     .unwrap();
     assert!(s.wait_idle(Duration::from_secs(60)), "the request finished");
@@ -164,6 +165,7 @@ fn a_cold_restart_whose_load_fails_loads_the_old_config_again_and_serves() {
         s.submit(Submit {
             prompt: vec![i + 1; 4],
             output_tokens: 8,
+            ..Default::default()
         })
         .unwrap();
     }

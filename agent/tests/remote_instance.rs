@@ -76,6 +76,7 @@ fn a_killed_instance_process_loses_nothing_and_a_new_one_carries_on() {
                 token: t,
                 pos: p,
                 blocks: &ref_blocks,
+                logprobs: None,
             }];
             engine.step(&hmm, &dep, 0, &i).unwrap().next[0]
         },

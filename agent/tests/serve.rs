@@ -53,6 +53,7 @@ fn requests() -> Vec<Submit> {
                 .map(|j| (i * 131 + j * 17) % 1024)
                 .collect(),
             output_tokens: 4 + i % 5,
+            ..Default::default()
         })
         .collect()
 }
@@ -206,6 +207,7 @@ fn bad_requests_are_refused() {
         .submit(Submit {
             prompt: vec![],
             output_tokens: 3,
+            ..Default::default()
         })
         .unwrap_err();
     assert!(e.to_string().contains("prompt is empty"));
@@ -213,6 +215,7 @@ fn bad_requests_are_refused() {
         .submit(Submit {
             prompt: vec![1],
             output_tokens: 100_000,
+            ..Default::default()
         })
         .unwrap_err();
     assert!(e.to_string().contains("can never run"), "{e}");

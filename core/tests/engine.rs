@@ -108,6 +108,7 @@ fn run(
                 token: seqs[i].tokens[done[i]],
                 pos: done[i] as u32,
                 blocks: &seqs[i].blocks,
+                logprobs: None,
             })
             .collect();
         let out = engine.step(hmm, inst, group, &inputs).unwrap();
@@ -309,6 +310,7 @@ fn bad_step_inputs_are_refused_by_name() {
                 token: 5000,
                 pos: 0,
                 blocks: &blocks,
+                logprobs: None,
             }],
         )
         .unwrap_err();
@@ -322,6 +324,7 @@ fn bad_step_inputs_are_refused_by_name() {
                 token: 1,
                 pos: 40,
                 blocks: &blocks,
+                logprobs: None,
             }],
         )
         .unwrap_err();
@@ -335,6 +338,7 @@ fn bad_step_inputs_are_refused_by_name() {
                 token: 1,
                 pos: 0,
                 blocks: &blocks,
+                logprobs: None,
             }],
         )
         .unwrap_err();
@@ -349,6 +353,7 @@ fn bad_step_inputs_are_refused_by_name() {
                 token: 1,
                 pos: 0,
                 blocks: &big,
+                logprobs: None,
             }],
         )
         .unwrap_err();

@@ -229,6 +229,7 @@ pub fn spawn_traffic(daemon: &Arc<Daemon>, rate: f64, vocab: u32) -> Result<(), 
                 let _ = d.server.submit(Submit {
                     prompt: prompt_ids(seed, r.id, r.prompt_tokens, vocab),
                     output_tokens: r.output_tokens,
+                    ..Default::default()
                 });
             }
             seed += 1;

@@ -16,7 +16,7 @@ mod ssh;
 pub use snapshot::{apply as apply_delta, delta as snapshot_delta};
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -113,6 +113,12 @@ pub(crate) struct State {
     pub migrations: Vec<proto::Migration>,
     /// Recent `(ts, tokens)` of each instance's decode steps (the last 10 s).
     pub instance_tokens: BTreeMap<u64, VecDeque<(f64, u64)>>,
+    /// `(finish ts, from an HTTP client)` of the requests finished in the last 10 s.
+    pub finished_sources: VecDeque<(f64, bool)>,
+    /// Requests of HTTP clients finished since the start.
+    pub http_finished: u64,
+    /// The autoscaler as clients see it (mode "off" unless `--autoscale` is given).
+    pub autoscaler: proto::Autoscaler,
 }
 
 /// The daemon's shared core: the serving node and what clients see of it.
@@ -133,6 +139,10 @@ pub struct Daemon {
     /// Devices with their regions, as of an HMM generation.
     pub(crate) devices_cache: Mutex<(Option<u64>, Vec<proto::Device>)>,
     pub(crate) stop: AtomicBool,
+    /// The OpenAI-compatible endpoint's address once it serves (`--http`).
+    pub(crate) http_addr: std::sync::OnceLock<String>,
+    /// HTTP requests refused since the start (any 4xx/5xx the front door answered).
+    pub(crate) http_refused: AtomicU64,
     /// Wakes the ticker and the traffic thread from their waits when `stop` is set.
     wake: (Mutex<()>, Condvar),
 }
@@ -159,6 +169,12 @@ impl Daemon {
                 finished: 0,
                 migrations: Vec::new(),
                 instance_tokens: BTreeMap::new(),
+                finished_sources: VecDeque::new(),
+                http_finished: 0,
+                autoscaler: proto::Autoscaler {
+                    mode: "off".into(),
+                    ..Default::default()
+                },
             }),
             updates,
             topology,
@@ -169,6 +185,8 @@ impl Daemon {
             sys: Mutex::new(sysinfo::System::new()),
             devices_cache: Mutex::new((None, Vec::new())),
             stop: AtomicBool::new(false),
+            http_addr: std::sync::OnceLock::new(),
+            http_refused: AtomicU64::new(0),
             wake: (Mutex::new(()), Condvar::new()),
         });
         let first = d.snapshot();
@@ -344,6 +362,9 @@ impl Daemon {
             }
             for f in finished {
                 st.finished += 1;
+                let http = f.source == crate::serve::Source::Http;
+                st.http_finished += u64::from(http);
+                st.finished_sources.push_back((f.finish_s, http));
                 let _ = st.metrics.record_request(&RequestTiming {
                     id: f.id,
                     arrival_s: f.arrival_s,
@@ -357,9 +378,12 @@ impl Daemon {
         {
             // Instances that ended (every scale makes new ones) take their rate records along.
             let now = self.server.now();
-            self.lock()
-                .instance_tokens
+            let mut st = self.lock();
+            st.instance_tokens
                 .retain(|_, q| q.back().is_some_and(|(t, _)| *t >= now - 10.0));
+            while st.finished_sources.front().is_some_and(|(t, _)| *t < now - 10.0) {
+                st.finished_sources.pop_front();
+            }
         }
         let snap = self.snapshot();
         let mut st = self.lock();

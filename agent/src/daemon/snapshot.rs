@@ -124,6 +124,7 @@ impl Daemon {
             })
             .collect();
         let (queued, running) = server.queue();
+        let sources = server.sources();
         let node = self.node();
         // A bounded copy taken under the lock; the statistics are computed outside it.
         let (metrics, finished) = {
@@ -135,6 +136,11 @@ impl Daemon {
         let all = metrics.summary(None);
         drop(metrics);
         let st = self.lock();
+        let (recent_http, recent_synthetic) = st
+            .finished_sources
+            .iter()
+            .filter(|(t, _)| *t >= window)
+            .fold((0u64, 0u64), |(h, s), (_, http)| if *http { (h + 1, s) } else { (h, s + 1) });
         let serving = proto::Serving {
             queued: queued as u64,
             running: running as u64,
@@ -146,6 +152,11 @@ impl Daemon {
             tpot_p50_s: all.tpot.as_ref().map_or(0.0, |s| s.p50),
             tpot_p99_s: all.tpot.as_ref().map_or(0.0, |s| s.p99),
             slo_attainment: all.slo_attainment,
+            http_running: sources.http_running,
+            http_finished: st.http_finished,
+            http_requests_per_s: recent_http as f64 / ts.clamp(1e-9, 10.0),
+            synthetic_requests_per_s: recent_synthetic as f64 / ts.clamp(1e-9, 10.0),
+            http_refused: self.http_refused.load(std::sync::atomic::Ordering::Relaxed),
         };
         proto::Snapshot {
             seq: st.seq,
@@ -159,6 +170,7 @@ impl Daemon {
             events: st.events.iter().cloned().collect(),
             migrations: st.migrations.clone(),
             incarnation: self.incarnation.clone(),
+            autoscaler: Some(st.autoscaler.clone()),
         }
     }
 
@@ -179,6 +191,7 @@ impl Daemon {
             load_1: load.one,
             load_5: load.five,
             load_15: load.fifteen,
+            http_addr: self.http_addr.get().cloned().unwrap_or_default(),
         }
     }
 }
@@ -205,6 +218,9 @@ pub fn delta(a: &proto::Snapshot, b: &proto::Snapshot) -> Option<proto::Delta> {
         .cloned()
         .collect();
     let serving = (a.serving != b.serving).then_some(b.serving).flatten();
+    let autoscaler = (a.autoscaler != b.autoscaler)
+        .then(|| b.autoscaler.clone())
+        .flatten();
     let last_ts = a.events.last().map_or(f64::NEG_INFINITY, |e| e.ts);
     let n_old = a.events.iter().filter(|e| e.ts == last_ts).count();
     let events: Vec<proto::Event> = b
@@ -226,6 +242,7 @@ pub fn delta(a: &proto::Snapshot, b: &proto::Snapshot) -> Option<proto::Delta> {
         || !placement.is_empty()
         || !operations.is_empty()
         || serving.is_some()
+        || autoscaler.is_some()
         || !events.is_empty();
     changed.then(|| proto::Delta {
         ts: b.ts,
@@ -241,6 +258,7 @@ pub fn delta(a: &proto::Snapshot, b: &proto::Snapshot) -> Option<proto::Delta> {
         events,
         replace_instances,
         migrations,
+        autoscaler,
     })
 }
 
@@ -268,6 +286,9 @@ pub fn apply(s: &mut proto::Snapshot, seq: u64, d: &proto::Delta) {
     }
     if let Some(sv) = &d.serving {
         s.serving = Some(*sv);
+    }
+    if let Some(a) = &d.autoscaler {
+        s.autoscaler = Some(a.clone());
     }
     for m in &d.migrations {
         if s.migrations

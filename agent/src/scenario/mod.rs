@@ -213,6 +213,7 @@ pub fn drive(
                 if let Err(e) = server.submit(Submit {
                     prompt,
                     output_tokens: r.output_tokens,
+                    ..Default::default()
                 }) {
                     refused
                         .lock()

@@ -932,6 +932,17 @@ impl Server {
                     super::Submit {
                         prompt: r.tokens[..r.prompt].to_vec(),
                         output_tokens: r.output_tokens,
+                        stop_tokens: r.stop_tokens,
+                        logprobs: r.logprobs,
+                        sink: r.sink,
+                        source: r.source,
+                        // Its stream has these tokens already: it goes on after them.
+                        resume: Some(Box::new(super::Resumed {
+                            output: r.tokens[r.prompt..].to_vec(),
+                            token_s: r.token_s,
+                            first_token_s: r.first_token_s,
+                            instances: r.instances,
+                        })),
                     },
                 ));
             }

@@ -7,7 +7,9 @@ use std::time::Duration;
 use emoe_core::DeviceId;
 use emoe_core::engine::{StepInput, blocks_for};
 
-use super::{Finished, InstanceState, Running, ServeEvent, Shared, groups_of};
+use super::{
+    FinishReason, Finished, InstanceState, Running, ServeEvent, Shared, TokenEvent, groups_of,
+};
 
 /// Prompt tokens of a request are fed one position per step (prefill by decode), so a replica
 /// serves prefill and decode in the same batches.
@@ -54,20 +56,26 @@ pub(super) fn run(sh: &Arc<Shared>, instance: u64, replica: usize) {
             }
         };
         // Inputs, copied out so the step runs without the state lock.
-        let inputs: Vec<(u64, u32, u32, Vec<u32>)> = {
+        let inputs: Vec<(u64, u32, u32, Vec<u32>, Option<u8>)> = {
             let st = sh.lock();
             batch
                 .iter()
                 .filter_map(|id| st.running.get(id))
-                .map(|r| (r.id, r.tokens[r.done], r.done as u32, r.blocks.clone()))
+                .map(|r| {
+                    // Log-probabilities only where this step makes an output token.
+                    let emits = r.done + 1 >= r.prompt;
+                    let lp = r.logprobs.filter(|_| emits);
+                    (r.id, r.tokens[r.done], r.done as u32, r.blocks.clone(), lp)
+                })
                 .collect()
         };
         let step_in: Vec<StepInput> = inputs
             .iter()
-            .map(|(_, token, pos, blocks)| StepInput {
+            .map(|(_, token, pos, blocks, logprobs)| StepInput {
                 token: *token,
                 pos: *pos,
                 blocks,
+                logprobs: *logprobs,
             })
             .collect();
         let out = engine.step_locked(|| sh.read(), &dep, replica, &step_in);
@@ -77,16 +85,32 @@ pub(super) fn run(sh: &Arc<Shared>, instance: u64, replica: usize) {
         match out {
             Ok(out) => {
                 let mut emitted = 0;
-                for ((id, ..), next) in inputs.iter().zip(out.next) {
+                let logprobs = out.logprobs.into_iter().chain(std::iter::repeat(None));
+                for (((id, ..), next), lp) in inputs.iter().zip(out.next).zip(logprobs) {
                     let Some(r) = st.running.get_mut(id) else {
                         continue;
                     };
                     r.busy = false;
                     r.done += 1;
-                    if r.done >= r.prompt && r.done == r.tokens.len() {
+                    if r.reason.is_none() && r.done >= r.prompt && r.done == r.tokens.len() {
                         r.tokens.push(next);
+                        r.token_s.push(now);
                         emitted += 1;
                         r.first_token_s.get_or_insert(now);
+                        if r.stop_tokens.contains(&next) {
+                            r.reason = Some(FinishReason::Stop);
+                        }
+                        let gone = r.sink.as_ref().is_some_and(|s| {
+                            s.send(TokenEvent::Token {
+                                id: next,
+                                logprobs: lp,
+                            })
+                            .is_err()
+                        });
+                        if gone {
+                            // The client went away: the request ends, its blocks go back.
+                            r.reason = Some(FinishReason::Aborted);
+                        }
                     }
                     if let Some((inst, g)) = r.move_to.take() {
                         r.instance = inst;
@@ -117,6 +141,11 @@ pub(super) fn run(sh: &Arc<Shared>, instance: u64, replica: usize) {
                 for (id, ..) in &inputs {
                     if let Some(r) = st.running.remove(id) {
                         st.kv.give(&group, &r.blocks);
+                        if let Some(s) = &r.sink {
+                            let _ = s.send(TokenEvent::Failed {
+                                message: format!("the engine failed a step: {e}"),
+                            });
+                        }
                     }
                 }
                 st.events.push(ServeEvent::Error {
@@ -158,14 +187,20 @@ fn admit(
             st.kv.give(group, &blocks);
             return;
         };
+        let resume = req.resume.map(|r| *r).unwrap_or_default();
+        let prompt = req.prompt.len();
+        let mut tokens = req.prompt;
+        tokens.extend_from_slice(&resume.output);
+        let mut instances = resume.instances;
+        instances.push(instance);
         st.running.insert(
             id,
             Running {
                 id,
                 arrival_s,
-                first_token_s: None,
-                prompt: req.prompt.len(),
-                tokens: req.prompt,
+                first_token_s: resume.first_token_s,
+                prompt,
+                tokens,
                 output_tokens: req.output_tokens,
                 done: 0,
                 blocks,
@@ -173,7 +208,13 @@ fn admit(
                 replica,
                 busy: false,
                 move_to: None,
-                instances: vec![instance],
+                instances,
+                stop_tokens: req.stop_tokens,
+                logprobs: req.logprobs,
+                sink: req.sink,
+                source: req.source,
+                reason: None,
+                token_s: resume.token_s,
             },
         );
         room -= 1;
@@ -181,8 +222,8 @@ fn admit(
 }
 
 /// Retire finished requests: their blocks go back on the devices of the replica that holds
-/// them now, their timings are recorded.
-fn finish(st: &mut super::State, now: f64) {
+/// them now, their timings are recorded, their streams get the reason.
+pub(super) fn finish(st: &mut super::State, now: f64) {
     let done: Vec<u64> = st
         .running
         .values()
@@ -199,6 +240,10 @@ fn finish(st: &mut super::State, now: f64) {
             .and_then(|i| groups_of(&i.deployment).get(r.replica).cloned())
             .unwrap_or_default();
         st.kv.give(&group, &r.blocks);
+        let reason = r.reason.unwrap_or(FinishReason::Length);
+        if let Some(s) = &r.sink {
+            let _ = s.send(TokenEvent::Finished { reason });
+        }
         st.finished.push(Finished {
             id: r.id,
             arrival_s: r.arrival_s,
@@ -206,6 +251,10 @@ fn finish(st: &mut super::State, now: f64) {
             finish_s: now,
             output: r.tokens[r.prompt..].to_vec(),
             instances: r.instances,
+            source: r.source,
+            reason,
+            prompt_tokens: r.prompt as u32,
+            token_s: r.token_s,
         });
     }
 }

@@ -52,6 +52,46 @@ pub struct StepInput<'a> {
     pub token: u32,
     pub pos: u32,
     pub blocks: &'a [u32],
+    /// Return the log-probabilities of the next token: `Some(n)` the chosen one's and the `n`
+    /// most likely (`n` ≤ [`MAX_TOP_LOGPROBS`]).
+    pub logprobs: Option<u8>,
+}
+
+/// Most alternatives a step returns per token (OpenAI's `top_logprobs` limit).
+pub const MAX_TOP_LOGPROBS: u8 = 20;
+
+/// Log-probabilities (natural log, the log-softmax of the logits over the whole vocabulary) of
+/// a generated token and of the most likely tokens at its position.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct TokenLogprobs {
+    pub logprob: f32,
+    /// `(token, logprob)`, most likely first, ties to the lower id.
+    pub top: Vec<(u32, f32)>,
+}
+
+/// The log-probabilities of `chosen` and of the `top` most likely tokens in `logits` (one row
+/// over the whole vocabulary), summed in vocabulary order so the figure does not depend on how
+/// the vocabulary was sharded.
+pub fn logprobs_of(logits: &[f32], chosen: u32, top: u8) -> TokenLogprobs {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|v| f64::from(*v - max).exp()).sum();
+    let lse = max + sum.ln() as f32;
+    let n = usize::from(top.min(MAX_TOP_LOGPROBS));
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(n + 1);
+    if n > 0 {
+        for (i, v) in logits.iter().enumerate() {
+            if best.len() == n && best.last().is_some_and(|b| *v <= b.1) {
+                continue;
+            }
+            let at = best.partition_point(|b| b.1 >= *v);
+            best.insert(at, (i as u32, *v));
+            best.truncate(n);
+        }
+    }
+    TokenLogprobs {
+        logprob: logits.get(chosen as usize).map_or(f32::NEG_INFINITY, |v| v - lse),
+        top: best.into_iter().map(|(t, v)| (t, v - lse)).collect(),
+    }
 }
 
 /// What a step produced.
@@ -61,6 +101,8 @@ pub struct StepOutput {
     pub next: Vec<u32>,
     /// Per MoE layer, how many tokens each expert received.
     pub expert_tokens: BTreeMap<u32, Vec<u32>>,
+    /// Per input, its log-probabilities where it asked for them.
+    pub logprobs: Vec<Option<TokenLogprobs>>,
 }
 
 /// Free KV blocks of one replica's KV caches (the same block ids on every TP rank's device).
@@ -317,6 +359,11 @@ impl Engine {
         Self::mat(hmm, devs[0], &lay.ranks[0].final_norm, &mut sc.w)?;
         math::rms_norm(&x, &sc.w, d.eps, &mut xn);
         let mut best = vec![(f32::NEG_INFINITY, 0u32); b];
+        // Whole rows only for the inputs that want log-probabilities.
+        let mut full: Vec<Option<Vec<f32>>> = batch
+            .iter()
+            .map(|s| s.logprobs.map(|_| Vec::with_capacity(self.vocab as usize)))
+            .collect();
         for (r, rm) in lay.ranks.iter().enumerate() {
             Self::mat(hmm, devs[r], &rm.lm_head, &mut sc.w)?;
             let n = rm.lm_head.rows;
@@ -328,9 +375,18 @@ impl Engine {
                         best[i] = (*v, rm.vocab_start + j as u32);
                     }
                 }
+                if let Some(f) = &mut full[i] {
+                    f.extend_from_slice(row);
+                }
             }
         }
         out.next = best.into_iter().map(|(_, t)| t).collect();
+        out.logprobs = full
+            .into_iter()
+            .zip(batch)
+            .zip(&out.next)
+            .map(|((f, s), next)| f.map(|row| logprobs_of(&row, *next, s.logprobs.unwrap_or(0))))
+            .collect();
         Ok(out)
     }
 

@@ -235,6 +235,12 @@ fn snapshot(shape: &Shape, node: usize) -> proto::Snapshot {
             load_1: 3.5,
             load_5: 3.1,
             load_15: 2.9,
+            // Node 0 serves the OpenAI-compatible endpoint; the others only synthetic traffic.
+            http_addr: if node == 0 {
+                "http://127.0.0.1:8000".into()
+            } else {
+                String::new()
+            },
         }),
         devices,
         instances,
@@ -251,10 +257,38 @@ fn snapshot(shape: &Shape, node: usize) -> proto::Snapshot {
             tpot_p50_s: 0.02,
             tpot_p99_s: 0.05,
             slo_attainment: Some(0.97),
+            http_running: if node == 0 { 5 } else { 0 },
+            http_finished: if node == 0 { 3000 } else { 0 },
+            http_requests_per_s: if node == 0 { 1.5 } else { 0.0 },
+            synthetic_requests_per_s: if node == 0 { 1.0 } else { 2.5 },
+            http_refused: if node == 0 { 2 } else { 0 },
         }),
         events,
         migrations,
         incarnation: format!("fixture-{node}"),
+        // Node 0 autoscales and decided once (the scale-up in flight when `scaling`); the
+        // others run without.
+        autoscaler: Some(if node == 0 {
+            proto::Autoscaler {
+                mode: "slo".into(),
+                attainment: Some(0.97),
+                threshold: 0.9,
+                ttft_slo_s: 0.5,
+                tpot_slo_s: 0.1,
+                window_s: 30.0,
+                min_dp: 1,
+                max_dp: 4,
+                state: if shape.scaling { "scaling" } else { "cooldown" }.into(),
+                last_decision: format!("scale up {cfg} -> {to}: attainment 82% < 90%"),
+                last_decision_ts: 89.0,
+                cooldown_until: 120.0,
+            }
+        } else {
+            proto::Autoscaler {
+                mode: "off".into(),
+                ..Default::default()
+            }
+        }),
     }
 }
 

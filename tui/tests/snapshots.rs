@@ -216,3 +216,76 @@ fn without_colours_placement_names_devices_by_glyph() {
     a.view = View::Placement;
     insta::assert_snapshot!("placement_mono_80x24", render_text(&a, 80, 24));
 }
+
+#[test]
+fn serving_shows_traffic_sources_and_the_autoscaler() {
+    let mut a = app(false);
+    a.view = View::Serving;
+    let text = render_text(&a, 80, 24);
+    for want in [
+        "Serving on node-00 (http 127.0.0.1:8000)",
+        "HTTP 1.50 req/s, 5 in flight, 2 refused",
+        "synthetic 1.00 req/s",
+        "slo, cooldown 19s left, 97% attained (threshold 90%), DP 1-4",
+        "TTFT ≤ 500.0 ms, TPOT ≤ 100.0 ms over 30s",
+        "12s ago: scale up dp2tp2ep4 -> dp3tp2ep6",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+    // A node without an HTTP endpoint or autoscaler says so in one line each.
+    key(&mut a, ']');
+    let text = render_text(&a, 80, 24);
+    insta::assert_snapshot!("serving_plain_node_80x24", text);
+    assert!(
+        text.contains("no HTTP endpoint   synthetic 2.50 req/s"),
+        "{text}"
+    );
+    assert!(text.contains("autoscaler off"), "{text}");
+    assert!(!text.contains("decided"), "{text}");
+    assert!(!text.contains("(http "), "{text}");
+}
+
+#[test]
+fn the_node_table_shows_each_http_endpoint() {
+    let a = app(false);
+    let text = render_text(&a, 160, 48);
+    let row = |name: &str| {
+        text.lines()
+            .find(|l| l.contains(name) && l.contains("dp2tp2ep4"))
+            .unwrap_or_else(|| panic!("no row for {name} in\n{text}"))
+            .to_string()
+    };
+    assert!(row("node-00").contains("http 127.0.0.1:8000"), "{text}");
+    assert!(!row("node-01").contains("http "), "{text}");
+    // Narrow, the selected node's block title carries it.
+    let text = render_text(&a, 80, 24);
+    assert!(
+        text.contains("Devices of node-00 (http 127.0.0.1:8000)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_autoscaler_before_its_first_decision() {
+    let mut a = app(false);
+    a.view = View::Serving;
+    let snap = a.cluster.nodes[0].snap.as_mut().unwrap();
+    snap.autoscaler = Some(proto::Autoscaler {
+        mode: "slo".into(),
+        attainment: None,
+        threshold: 0.95,
+        ttft_slo_s: 0.2,
+        tpot_slo_s: 0.05,
+        window_s: 60.0,
+        min_dp: 2,
+        max_dp: 8,
+        state: "watching".into(),
+        ..Default::default()
+    });
+    let text = render_text(&a, 80, 24);
+    assert!(
+        text.contains("slo, watching, none finished in window (threshold 95%), DP 2-8"),
+        "{text}"
+    );
+    assert!(text.contains("decided     none yet"), "{text}");
+}

@@ -107,6 +107,29 @@ impl<'a> Ctx<'a> {
     }
 }
 
+/// The node's OpenAI-compatible endpoint as `http 127.0.0.1:8000`; `None` while it serves none
+/// (or before its first state). Quoted like any value from outside: bounded, controls escaped.
+pub fn http_label(n: &NodeView) -> Option<String> {
+    let a = n.snap.as_ref()?.node.as_ref()?.http_addr.trim();
+    if a.is_empty() {
+        return None;
+    }
+    let (scheme, rest) = a.split_once("://").unwrap_or(("http", a));
+    Some(format!(
+        "{} {}",
+        emoe_core::echo::echo(scheme),
+        emoe_core::echo::echo(rest)
+    ))
+}
+
+/// `base` with the node's HTTP endpoint appended when it serves one (block titles).
+pub fn with_http(base: String, n: &NodeView) -> String {
+    match http_label(n) {
+        Some(h) => format!("{base} ({h})"),
+        None => base,
+    }
+}
+
 /// Draw the whole console; returns the areas the mouse can hit.
 pub fn draw(f: &mut Frame, app: &App) -> Hits {
     let ctx = Ctx {

@@ -7,7 +7,7 @@ use ratatui::style::Style;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Cell, Paragraph, Row, Table};
 
-use super::{Ctx, by_kind, fmt, usage_style, window};
+use super::{Ctx, by_kind, fmt, http_label, usage_style, window, with_http};
 use crate::app::Hits;
 
 pub fn draw(f: &mut Frame, area: Rect, c: &Ctx, hits: &mut Hits) {
@@ -87,6 +87,7 @@ fn node_table(f: &mut Frame, area: Rect, c: &Ctx, hits: &mut Hits) {
             cells.push(Cell::from(
                 node.map_or("–".into(), |n| format!("{} {}", n.backend, n.model)),
             ));
+            cells.push(Cell::from(http_label(n).unwrap_or_else(|| "–".into())));
         }
         cells.push(Cell::from(
             s.and_then(|s| s.serving.as_ref())
@@ -105,8 +106,20 @@ fn node_table(f: &mut Frame, area: Rect, c: &Ctx, hits: &mut Hits) {
         Row::new(cells).style(style)
     });
     let mut header = vec!["Node", "Link", "Config", "Devices", "Memory", "CPU"];
+    // Wide, the node column is as wide as the longest name (within reason), so the operation
+    // keeps the rest of the row.
+    let name_w = nodes
+        .iter()
+        .map(|n| n.name().chars().count())
+        .max()
+        .unwrap_or(0)
+        .clamp(8, 24) as u16;
     let mut widths = vec![
-        Constraint::Min(8),
+        if wide {
+            Constraint::Length(name_w)
+        } else {
+            Constraint::Min(8)
+        },
         Constraint::Length(if wide { 16 } else { 10 }),
         Constraint::Length(10),
         Constraint::Length(16),
@@ -114,8 +127,12 @@ fn node_table(f: &mut Frame, area: Rect, c: &Ctx, hits: &mut Hits) {
         Constraint::Length(4),
     ];
     if wide {
-        header.extend(["Load", "Backend"]);
-        widths.extend([Constraint::Length(5), Constraint::Length(24)]);
+        header.extend(["Load", "Backend", "HTTP"]);
+        widths.extend([
+            Constraint::Length(5),
+            Constraint::Length(24),
+            Constraint::Length(20),
+        ]);
     }
     header.extend(["tok/s", "Operation"]);
     widths.extend([Constraint::Length(6), Constraint::Fill(1)]);
@@ -141,7 +158,10 @@ fn device_table(f: &mut Frame, area: Rect, c: &Ctx) {
         f.render_widget(Paragraph::new("no nodes").block(c.block(" Devices ")), area);
         return;
     };
-    let block = c.block(format!(" Devices of {} ", n.name()));
+    let block = c.block(format!(
+        "{} ",
+        with_http(format!(" Devices of {}", n.name()), n)
+    ));
     let inner = block.inner(area);
     f.render_widget(block, area);
     let Some(s) = n.snap.as_ref() else {

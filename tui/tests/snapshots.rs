@@ -257,12 +257,18 @@ fn the_node_table_shows_each_http_endpoint() {
     };
     assert!(row("node-00").contains("http 127.0.0.1:8000"), "{text}");
     assert!(!row("node-01").contains("http "), "{text}");
-    // Narrow, the selected node's block title carries it.
-    let text = render_text(&a, 80, 24);
-    assert!(
-        text.contains("Devices of node-00 (http 127.0.0.1:8000)"),
-        "{text}"
-    );
+    // Narrower (`--once`'s default 120 columns, the 80-column console), the operation keeps its
+    // column and the selected node's block title carries the endpoint.
+    for (w, h) in [(120, 40), (80, 24)] {
+        let text = render_text(&a, w, h);
+        assert!(
+            text.contains("Devices of node-00 (http 127.0.0.1:8000)"),
+            "{text}"
+        );
+        if w == 120 {
+            assert!(text.contains("Operation"), "{text}");
+        }
+    }
 }
 
 #[test]

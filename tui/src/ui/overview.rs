@@ -40,6 +40,9 @@ fn node_table(f: &mut Frame, area: Rect, c: &Ctx, hits: &mut Hits) {
     let sel_pos = visible.iter().position(|&i| i == c.app.node).unwrap_or(0);
     let first = window(sel_pos, visible.len(), rows_h);
     let wide = area.width >= 120;
+    // The HTTP column only where the operation keeps room beside it; narrower, the selected
+    // node's block titles carry the endpoint.
+    let http_col = area.width >= 150;
     let rows = visible.iter().skip(first).take(rows_h).map(|&i| {
         let n = &nodes[i];
         let s = n.snap.as_ref();
@@ -87,6 +90,8 @@ fn node_table(f: &mut Frame, area: Rect, c: &Ctx, hits: &mut Hits) {
             cells.push(Cell::from(
                 node.map_or("–".into(), |n| format!("{} {}", n.backend, n.model)),
             ));
+        }
+        if http_col {
             cells.push(Cell::from(http_label(n).unwrap_or_else(|| "–".into())));
         }
         cells.push(Cell::from(
@@ -127,12 +132,12 @@ fn node_table(f: &mut Frame, area: Rect, c: &Ctx, hits: &mut Hits) {
         Constraint::Length(4),
     ];
     if wide {
-        header.extend(["Load", "Backend", "HTTP"]);
-        widths.extend([
-            Constraint::Length(5),
-            Constraint::Length(24),
-            Constraint::Length(20),
-        ]);
+        header.extend(["Load", "Backend"]);
+        widths.extend([Constraint::Length(5), Constraint::Length(24)]);
+    }
+    if http_col {
+        header.push("HTTP");
+        widths.push(Constraint::Length(20));
     }
     header.extend(["tok/s", "Operation"]);
     widths.extend([Constraint::Length(6), Constraint::Fill(1)]);

@@ -290,19 +290,19 @@ impl Tokenizer {
         let Some(token) = self.inner.get_model().id_to_token(id) else {
             return String::new();
         };
-        if self.byte_level {
-            if let Some(bytes) = token.chars().map(byte_of_char).collect::<Option<Vec<u8>>>() {
-                return match String::from_utf8(bytes) {
-                    Ok(s) => s,
-                    Err(e) => bytes_text(e.as_bytes()),
-                };
-            }
+        if self.byte_level
+            && let Some(bytes) = token.chars().map(byte_of_char).collect::<Option<Vec<u8>>>()
+        {
+            return match String::from_utf8(bytes) {
+                Ok(s) => s,
+                Err(e) => bytes_text(e.as_bytes()),
+            };
         }
         let text = self.inner.decode(&[id], false).unwrap_or_default();
-        if text.contains('\u{FFFD}') {
-            if let Some(b) = byte_fallback(&token) {
-                return bytes_text(&[b]);
-            }
+        if text.contains('\u{FFFD}')
+            && let Some(b) = byte_fallback(&token)
+        {
+            return bytes_text(&[b]);
         }
         text
     }

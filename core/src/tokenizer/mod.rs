@@ -508,7 +508,10 @@ fn byte_of_char(c: char) -> Option<u8> {
 /// prefix/read-offset method: each step decodes the previous piece's ids together with the new
 /// ones and emits what goes past the previous piece's text, so decoders that look at
 /// neighbouring tokens (leading-space stripping, byte fallback) see the same context as a
-/// whole decode. The pieces concatenated equal [`Tokenizer::decode`] of all ids.
+/// whole decode. The pieces concatenated equal [`Tokenizer::decode`] of all ids whenever the
+/// decoder only appends as ids come (byte-level BPEs always; byte-fallback ones while the byte
+/// tokens form valid UTF-8: Hugging Face's ByteFallback replaces a whole run of byte tokens once
+/// any byte in it is invalid, which a stream cannot take back after showing a valid prefix).
 pub struct Detokenizer<'a> {
     tok: &'a Tokenizer,
     /// The last emitted piece's ids (`ids[..read]`, the context of the next decode), then

@@ -12,6 +12,8 @@
 //! - [`plan`]: the scaling planner.
 //! - [`scale`]: running a plan on the HMM (and the paper's baselines).
 //! - [`traffic`]: seeded request generators (Poisson, step, ramp, offline) and trace replay.
+//! - [`tokenizer`]: text in, text out — Hugging Face `tokenizer.json`, chat templates, streaming
+//!   detokenization, and the deterministic byte-level tokenizer of the generated presets.
 //! - [`echo`]: how user-given values are quoted back in messages (bounded, escaped).
 //! - [`metrics`]: serving metrics from timestamps — TTFT, TPOT, SLO attainment, throughput,
 //!   downtime — and per-expert load.
@@ -29,6 +31,7 @@ pub mod model;
 pub mod parallel;
 pub mod plan;
 pub mod scale;
+pub mod tokenizer;
 pub mod traffic;
 
 pub use device::DeviceId;

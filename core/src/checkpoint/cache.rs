@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use tempfile::TempDir;
 
-use super::generate::expected_info;
+use super::generate::{expected_info, generates_tokenizer};
 use super::{CONFIG_FILE, CheckpointError, GENERATOR_VERSION, GeneratedInfo, WEIGHTS_FILE};
 use crate::model::ModelSpec;
 
@@ -48,7 +48,7 @@ pub fn ensure_generated(
     let expected = expected_info(spec, seed)?;
     let key = cache_key(spec, seed);
     let dir = cache_root.join(&key);
-    if is_complete(&dir, &expected) {
+    if is_complete(&dir, spec, &expected) {
         return Ok(dir);
     }
     std::fs::create_dir_all(cache_root)
@@ -94,7 +94,7 @@ fn generate_into(
         match std::fs::rename(tmp, dir) {
             Ok(()) => return sync_dir(root),
             Err(_) if dir.exists() => {
-                if is_complete(dir, expected) {
+                if is_complete(dir, spec, expected) {
                     // Another generator won the race with identical bytes: use its directory.
                     return Ok(());
                 }
@@ -113,12 +113,18 @@ fn generate_into(
     })
 }
 
-/// Complete means: our record is there and matches, the config is there, and the weights file
-/// has the recorded size (catches a file truncated after the fact).
-fn is_complete(dir: &Path, expected: &GeneratedInfo) -> bool {
+/// Complete means: our record is there and matches, the config is there (and the tokenizer
+/// files, for a model that gets them), and the weights file has the recorded size (catches a
+/// file truncated after the fact). Entries of generator version 1, which had no tokenizer,
+/// have another key and are not looked at.
+fn is_complete(dir: &Path, spec: &ModelSpec, expected: &GeneratedInfo) -> bool {
     let info = super::loader::read_info(dir).ok().flatten();
+    let regular = |name: &str| crate::fsio::is_regular(&dir.join(name)).unwrap_or(false);
     info.as_ref() == Some(expected)
-        && crate::fsio::is_regular(&dir.join(CONFIG_FILE)).unwrap_or(false)
+        && regular(CONFIG_FILE)
+        && (!generates_tokenizer(spec)
+            || (regular(crate::tokenizer::TOKENIZER_FILE)
+                && regular(crate::tokenizer::TOKENIZER_CONFIG_FILE)))
         && std::fs::metadata(dir.join(WEIGHTS_FILE)).is_ok_and(|m| m.len() == expected.file_bytes)
 }
 

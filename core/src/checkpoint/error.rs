@@ -62,6 +62,8 @@ pub enum CheckpointError {
     UnknownTensor { tensor: String, dir: PathBuf },
     #[error("buffer for pack {pack} holds {have} bytes, the pack needs {need}")]
     BufferTooSmall { pack: String, need: u64, have: u64 },
+    #[error("cannot generate a tokenizer for `{model}`: {why}")]
+    Tokenizer { model: String, why: String },
     #[error("checkpoint cache {}: {why}", dir.display())]
     Cache { dir: PathBuf, why: String },
 }

@@ -6,7 +6,8 @@
 //! reads) and the weights as `model.safetensors` or as several files listed by
 //! `model.safetensors.index.json`. [`Checkpoint::read_pack`] copies one [`crate::model::Pack`]
 //! (one device allocation: a layer's non-expert TP shard or one expert) straight out of the
-//! files, so loading a deployment reads each device's bytes and nothing else.
+//! files, so loading a deployment reads each device's bytes and nothing else. Generated
+//! directories of small-vocabulary models also hold a tokenizer ([`crate::tokenizer`]).
 
 mod cache;
 mod error;
@@ -16,7 +17,10 @@ mod source;
 
 pub use cache::{CREATED_MARKER, cache_key, ensure_generated};
 pub use error::CheckpointError;
-pub use generate::{GENERATOR_VERSION, GeneratedInfo, generate, tensor_bytes};
+pub use generate::{
+    GENERATOR_VERSION, GeneratedInfo, MAX_TOKENIZER_VOCAB, generate, generates_tokenizer,
+    tensor_bytes,
+};
 pub use loader::Checkpoint;
 
 /// The model's Hugging Face config.

@@ -11,6 +11,7 @@
 //! - [`scenario`]: scenario files and their headless runs (`emoe-agent run`).
 //! - [`remote`]: an instance in its own process, attached zero-copy to the HMM's memory.
 //! - [`daemon`]: the node daemon behind the gRPC API (`emoe-agent serve`) and its client.
+//! - [`http`]: the OpenAI-compatible front door (`serve --http`).
 //! - [`cli`]: the `emoe-agent` command line.
 //! - [`exit`]: exit codes.
 
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod cluster;
 pub mod daemon;
 pub mod exit;
+pub mod http;
 pub mod plot;
 pub mod remote;
 pub mod report;

@@ -45,6 +45,16 @@ pub struct ServeArgs {
     /// address needs --allow-remote and --token-file, like --listen.
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Serve the OpenAI-compatible API (completions, chat, models, health, tokenize,
+    /// metrics) on tcp://HOST:PORT (port 0: a free one, printed). A non-loopback address needs
+    /// --allow-remote and --token-file, like --listen; with a token every /v1 call needs
+    /// `Authorization: Bearer TOKEN`.
+    #[arg(long, value_name = "tcp://HOST:PORT")]
+    pub http: Option<String>,
+    /// Most requests waiting for a replica; the next HTTP request gets 429 with Retry-After.
+    #[arg(long, default_value_t = crate::serve::DEFAULT_MAX_QUEUE as u32,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_queue: u32,
     /// Most watch streams served at once; the next is refused.
     #[arg(long, default_value_t = crate::daemon::DEFAULT_MAX_WATCHERS as u32,
           value_parser = clap::value_parser!(u32).range(1..=4096))]
@@ -244,6 +254,19 @@ fn check_exposure(
     )))
 }
 
+/// `tcp://HOST:PORT` of `flag`.
+fn tcp_addr(flag: &str, value: &str) -> Result<std::net::SocketAddr, CliError> {
+    let v = emoe_core::echo::echo(value);
+    let hostport = value
+        .strip_prefix("tcp://")
+        .ok_or_else(|| CliError::usage(anyhow::anyhow!("{flag} {v}: use tcp://HOST:PORT")))?;
+    hostport.parse().map_err(|e| {
+        CliError::usage(anyhow::anyhow!(
+            "{flag} {v}: not an IP address and port ({e})"
+        ))
+    })
+}
+
 /// Bind a TCP listener before anything is loaded, so a busy port fails at once.
 fn bind_tcp(
     flag: &str,
@@ -269,16 +292,17 @@ pub fn serve(a: &ServeArgs) -> Result<(), CliError> {
     let tcp = match &a.listen {
         None => None,
         Some(l) => {
-            let hostport = l.strip_prefix("tcp://").ok_or_else(|| {
-                CliError::usage(anyhow::anyhow!("--listen {l}: use tcp://HOST:PORT"))
-            })?;
-            let addr: std::net::SocketAddr = hostport.parse().map_err(|e| {
-                CliError::usage(anyhow::anyhow!(
-                    "--listen {l}: not an IP address and port ({e})"
-                ))
-            })?;
+            let addr = tcp_addr("--listen", l)?;
             check_exposure("--listen", l, addr, a)?;
             Some((l.as_str(), addr))
+        }
+    };
+    let http = match &a.http {
+        None => None,
+        Some(h) => {
+            let addr = tcp_addr("--http", h)?;
+            check_exposure("--http", h, addr, a)?;
+            Some((h.as_str(), addr))
         }
     };
     if let Some(m) = a.metrics {
@@ -297,9 +321,13 @@ pub fn serve(a: &ServeArgs) -> Result<(), CliError> {
         .metrics
         .map(|m| bind_tcp("--metrics", &m.to_string(), m).map(|t| (t, m)))
         .transpose()?;
+    let http = http
+        .map(|(h, addr)| bind_tcp("--http", h, addr))
+        .transpose()?;
     let o = a.node.options();
     let opts = ServeOptions {
         max_batch: a.max_batch as usize,
+        max_queue: a.max_queue as usize,
         ..ServeOptions::default()
     };
     let access = crate::daemon::Access {
@@ -309,6 +337,13 @@ pub fn serve(a: &ServeArgs) -> Result<(), CliError> {
         max_watchers: a.max_watchers as usize,
     };
     let (daemon, vocab) = host::build(&o, opts, access)?;
+    let front = http
+        .map(|l| {
+            crate::http::Front::load_tokenizer(&daemon)
+                .map(|t| (crate::http::Front::new(Arc::clone(&daemon), t), l))
+                .map_err(|e| CliError::usage(anyhow::anyhow!("--http: {e}")))
+        })
+        .transpose()?;
     let rt = runtime()?;
     let signal = shutdown(&rt)?;
     // From here on the socket file is removed on every way out (`SocketFile`).
@@ -331,6 +366,19 @@ pub fn serve(a: &ServeArgs) -> Result<(), CliError> {
             }
         });
         eprintln!("emoe-agent: metrics on http://{m}/metrics");
+    }
+    if let Some((front, l)) = front {
+        let addr = l.local_addr().map_err(CliError::failed)?;
+        let mut closing = daemon.closing.subscribe();
+        rt.spawn(async move {
+            let stop = async move {
+                let _ = closing.wait_for(|c| *c).await;
+            };
+            if let Err(e) = crate::http::serve(front, l, stop).await {
+                eprintln!("emoe-agent: http on {addr}: {e}");
+            }
+        });
+        eprintln!("emoe-agent: OpenAI-compatible API on http://{addr}/v1");
     }
     let d = Arc::clone(&daemon);
     let r = match (unix, tcp) {

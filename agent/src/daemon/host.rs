@@ -395,6 +395,22 @@ impl Embedded {
             ..Access::default()
         };
         let (daemon, vocab) = build(o, ServeOptions::default(), access)?;
+        // The front door on a free loopback port, so a new user can `curl` the model they
+        // watch; a model without a tokenizer serves without it (and says so in the log).
+        let front = match crate::http::Front::load_tokenizer(&daemon) {
+            Ok(t) => std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+                .map(|l| (crate::http::Front::new(Arc::clone(&daemon), t), l))
+                .map_err(|e| format!("cannot listen on a loopback port: {e}")),
+            Err(e) => Err(e),
+        };
+        let front = match front {
+            Ok(f) => Some(f),
+            Err(e) => {
+                let mut st = daemon.lock();
+                daemon.log(&mut st, 0.0, "error", format!("no HTTP endpoint: {e}"));
+                None
+            }
+        };
         let (listener, file) = bind(socket, false)?;
         listener.set_nonblocking(true).map_err(CliError::failed)?;
         let ticker = daemon.spawn_ticker(tick);
@@ -431,6 +447,15 @@ impl Embedded {
                             return;
                         }
                     };
+                    if let Some((front, tcp)) = front {
+                        let mut closing = d.closing.subscribe();
+                        tokio::spawn(async move {
+                            let stop = async move {
+                                let _ = closing.wait_for(|c| *c).await;
+                            };
+                            let _ = crate::http::serve(front, tcp, stop).await;
+                        });
+                    }
                     let _ = ready_tx.send(Ok(()));
                     let incoming = tokio_stream::wrappers::UnixListenerStream::new(l);
                     let _ = serve_api(d, incoming, async {
@@ -459,6 +484,11 @@ impl Embedded {
             ticker: Some(ticker),
             _dir: None,
         })
+    }
+
+    /// The OpenAI-compatible endpoint (`http://127.0.0.1:PORT`), once it serves.
+    pub fn http_addr(&self) -> Option<String> {
+        self.daemon.http_addr.get().cloned()
     }
 
     /// Where clients connect.

@@ -163,17 +163,205 @@ pub fn render(snap: &proto::Snapshot, started: u64) -> String {
     out
 }
 
+/// A Prometheus histogram with fixed bounds.
+#[derive(Clone, Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: vec![0; bounds.len()],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    pub fn observe(&mut self, v: f64) {
+        if !v.is_finite() {
+            return;
+        }
+        for (b, c) in self.bounds.iter().zip(&mut self.counts) {
+            if v <= *b {
+                *c += 1;
+            }
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    fn render(&self, o: &mut String, name: &str, labels: &str) {
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            let _ = writeln!(o, "{name}_bucket{{{labels},le=\"{b}\"}} {c}");
+        }
+        let _ = writeln!(o, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(o, "{name}_sum{{{labels}}} {}", self.sum);
+        let _ = writeln!(o, "{name}_count{{{labels}}} {}", self.count);
+    }
+}
+
+/// vLLM's bucket bounds, so its dashboards' queries read these as they read vLLM's.
+const TTFT_BOUNDS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+];
+const ITL_BOUNDS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+    40.0, 80.0,
+];
+const E2E_BOUNDS: &[f64] = &[
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
+    480.0, 960.0, 1920.0, 7680.0,
+];
+
+/// What vLLM's dashboards and autoscalers read, kept as the requests finish.
+#[derive(Clone, Debug)]
+pub struct VllmStats {
+    pub ttft: Histogram,
+    pub itl: Histogram,
+    pub e2e: Histogram,
+    pub prompt_tokens: u64,
+    pub generation_tokens: u64,
+    /// Finished requests by reason (`stop`, `length`, `abort`).
+    pub finished: std::collections::BTreeMap<&'static str, u64>,
+}
+
+impl Default for VllmStats {
+    fn default() -> Self {
+        Self {
+            ttft: Histogram::new(TTFT_BOUNDS),
+            itl: Histogram::new(ITL_BOUNDS),
+            e2e: Histogram::new(E2E_BOUNDS),
+            prompt_tokens: 0,
+            generation_tokens: 0,
+            finished: Default::default(),
+        }
+    }
+}
+
+impl VllmStats {
+    /// Fold in a finished request (an aborted one counts only as finished and for its tokens).
+    pub fn record(&mut self, f: &crate::serve::Finished) {
+        use crate::serve::FinishReason;
+        let reason = match f.reason {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Aborted => "abort",
+        };
+        *self.finished.entry(reason).or_default() += 1;
+        self.prompt_tokens += u64::from(f.prompt_tokens);
+        self.generation_tokens += f.output.len() as u64;
+        if f.reason == FinishReason::Aborted || f.output.is_empty() {
+            return;
+        }
+        self.ttft.observe(f.first_token_s - f.arrival_s);
+        self.e2e.observe(f.finish_s - f.arrival_s);
+        for w in f.token_s.windows(2) {
+            self.itl.observe(w[1] - w[0]);
+        }
+    }
+
+    /// The `vllm:` families, labelled with `model`.
+    pub fn render(&self, o: &mut String, model: &str, running: u64, waiting: u64, kv: f64) {
+        let m = format!("model_name=\"{}\"", model.replace(['\\', '"', '\n'], "_"));
+        let gauge = |o: &mut String, name: &str, help: &str, v: f64| {
+            let _ = writeln!(
+                o,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{m}}} {v}"
+            );
+        };
+        gauge(
+            o,
+            "vllm:num_requests_running",
+            "Requests in model execution batches.",
+            running as f64,
+        );
+        gauge(
+            o,
+            "vllm:num_requests_waiting",
+            "Requests waiting to be processed.",
+            waiting as f64,
+        );
+        gauge(
+            o,
+            "vllm:kv_cache_usage_perc",
+            "KV-cache usage. 1 means 100 percent usage.",
+            kv,
+        );
+        for (name, help, v) in [
+            (
+                "vllm:prompt_tokens_total",
+                "Prefill tokens processed.",
+                self.prompt_tokens,
+            ),
+            (
+                "vllm:generation_tokens_total",
+                "Generation tokens processed.",
+                self.generation_tokens,
+            ),
+        ] {
+            let _ = writeln!(
+                o,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{{m}}} {v}"
+            );
+        }
+        let name = "vllm:request_success_total";
+        let _ = writeln!(o, "# HELP {name} Finished requests.\n# TYPE {name} counter");
+        for (r, n) in &self.finished {
+            let _ = writeln!(o, "{name}{{{m},finished_reason=\"{r}\"}} {n}");
+        }
+        for (name, help, h) in [
+            (
+                "vllm:time_to_first_token_seconds",
+                "Histogram of time to first token in seconds.",
+                &self.ttft,
+            ),
+            (
+                "vllm:inter_token_latency_seconds",
+                "Histogram of inter-token latency in seconds.",
+                &self.itl,
+            ),
+            (
+                "vllm:e2e_request_latency_seconds",
+                "Histogram of e2e request latency in seconds.",
+                &self.e2e,
+            ),
+        ] {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} histogram");
+            h.render(o, name, &m);
+        }
+    }
+}
+
 impl Daemon {
-    /// The metrics now.
+    /// The metrics now: the node's `emoe_` families, then the `vllm:` ones.
     pub fn metrics_text(&self) -> String {
-        let (mut snap, started) = {
+        let (mut snap, started, vllm) = {
             let st = self.lock();
             let mut snap = st.last.clone();
             snap.operations = st.ops.values().map(|o| o.info.clone()).collect();
-            (snap, st.next_op - 1)
+            (snap, st.next_op - 1, st.vllm.clone())
         };
         snap.events.clear();
-        render(&snap, started)
+        let mut out = render(&snap, started);
+        let (waiting, running) = self.server.queue();
+        vllm.render(
+            &mut out,
+            &self.facts.model,
+            running as u64,
+            waiting as u64,
+            self.server.kv_usage(),
+        );
+        out
     }
 }
 

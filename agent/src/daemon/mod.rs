@@ -24,6 +24,7 @@ use emoe_core::metrics::{RequestTiming, Rolling};
 use emoe_core::plan::Topology;
 
 pub use service::AgentService;
+pub(crate) use service::same_secret;
 
 use crate::scale::{Event as ScaleEvent, Phase};
 use crate::serve::{ServeEvent, Server};
@@ -119,6 +120,8 @@ pub(crate) struct State {
     pub http_finished: u64,
     /// The autoscaler as clients see it (mode "off" unless `--autoscale` is given).
     pub autoscaler: proto::Autoscaler,
+    /// The `vllm:` metrics.
+    pub vllm: metrics::VllmStats,
 }
 
 /// The daemon's shared core: the serving node and what clients see of it.
@@ -171,6 +174,7 @@ impl Daemon {
                 instance_tokens: BTreeMap::new(),
                 finished_sources: VecDeque::new(),
                 http_finished: 0,
+                vllm: metrics::VllmStats::default(),
                 autoscaler: proto::Autoscaler {
                     mode: "off".into(),
                     ..Default::default()
@@ -192,6 +196,16 @@ impl Daemon {
         let first = d.snapshot();
         d.lock().last = first;
         d
+    }
+
+    /// The serving node.
+    pub fn server(&self) -> &Arc<Server> {
+        &self.server
+    }
+
+    /// The links the planner assumes.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
     }
 
     /// This start's id: snapshots carry it, and a watch resumes only within it.
@@ -365,6 +379,7 @@ impl Daemon {
                 let http = f.source == crate::serve::Source::Http;
                 st.http_finished += u64::from(http);
                 st.finished_sources.push_back((f.finish_s, http));
+                st.vllm.record(&f);
                 let _ = st.metrics.record_request(&RequestTiming {
                     id: f.id,
                     arrival_s: f.arrival_s,
@@ -381,7 +396,11 @@ impl Daemon {
             let mut st = self.lock();
             st.instance_tokens
                 .retain(|_, q| q.back().is_some_and(|(t, _)| *t >= now - 10.0));
-            while st.finished_sources.front().is_some_and(|(t, _)| *t < now - 10.0) {
+            while st
+                .finished_sources
+                .front()
+                .is_some_and(|(t, _)| *t < now - 10.0)
+            {
                 st.finished_sources.pop_front();
             }
         }

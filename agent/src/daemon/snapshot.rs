@@ -140,7 +140,10 @@ impl Daemon {
             .finished_sources
             .iter()
             .filter(|(t, _)| *t >= window)
-            .fold((0u64, 0u64), |(h, s), (_, http)| if *http { (h + 1, s) } else { (h, s + 1) });
+            .fold(
+                (0u64, 0u64),
+                |(h, s), (_, http)| if *http { (h + 1, s) } else { (h, s + 1) },
+            );
         let serving = proto::Serving {
             queued: queued as u64,
             running: running as u64,

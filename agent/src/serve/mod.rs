@@ -388,7 +388,9 @@ pub enum ServeError {
     NoOutput,
     #[error("{0}")]
     Refused(String),
-    #[error("{queued} requests are waiting, the queue's limit (--max-queue {limit}): try again shortly")]
+    #[error(
+        "{queued} requests are waiting, the queue's limit (--max-queue {limit}): try again shortly"
+    )]
     QueueFull { queued: usize, limit: usize },
     #[error(
         "the request needs {need} KV blocks ({tokens} tokens), a replica holds {have}: it can never run"
@@ -629,8 +631,16 @@ impl Server {
     /// Requests of HTTP clients queued or running.
     pub fn sources(&self) -> SourceCounts {
         let st = self.shared.lock();
-        let queued = st.queue.iter().filter(|(_, _, r)| r.source == Source::Http).count();
-        let running = st.running.values().filter(|r| r.source == Source::Http).count();
+        let queued = st
+            .queue
+            .iter()
+            .filter(|(_, _, r)| r.source == Source::Http)
+            .count();
+        let running = st
+            .running
+            .values()
+            .filter(|r| r.source == Source::Http)
+            .count();
         SourceCounts {
             http_running: (queued + running) as u64,
         }
@@ -658,7 +668,10 @@ impl Server {
 
     /// The checkpoint's directory (where its tokenizer lives), when it serves one.
     pub fn model_dir(&self) -> Option<std::path::PathBuf> {
-        self.shared.checkpoint.as_ref().map(|c| c.dir().to_path_buf())
+        self.shared
+            .checkpoint
+            .as_ref()
+            .map(|c| c.dir().to_path_buf())
     }
 
     /// Requests finished so far (drained from the server).

@@ -11,6 +11,15 @@ use super::{
     FinishReason, Finished, InstanceState, Running, ServeEvent, Shared, TokenEvent, groups_of,
 };
 
+/// One request's part of a step, copied out of the state.
+struct Input {
+    id: u64,
+    token: u32,
+    pos: u32,
+    blocks: Vec<u32>,
+    logprobs: Option<u8>,
+}
+
 /// Prompt tokens of a request are fed one position per step (prefill by decode), so a replica
 /// serves prefill and decode in the same batches.
 pub(super) fn run(sh: &Arc<Shared>, instance: u64, replica: usize) {
@@ -56,26 +65,28 @@ pub(super) fn run(sh: &Arc<Shared>, instance: u64, replica: usize) {
             }
         };
         // Inputs, copied out so the step runs without the state lock.
-        let inputs: Vec<(u64, u32, u32, Vec<u32>, Option<u8>)> = {
+        let inputs: Vec<Input> = {
             let st = sh.lock();
             batch
                 .iter()
                 .filter_map(|id| st.running.get(id))
-                .map(|r| {
+                .map(|r| Input {
+                    id: r.id,
+                    token: r.tokens[r.done],
+                    pos: r.done as u32,
+                    blocks: r.blocks.clone(),
                     // Log-probabilities only where this step makes an output token.
-                    let emits = r.done + 1 >= r.prompt;
-                    let lp = r.logprobs.filter(|_| emits);
-                    (r.id, r.tokens[r.done], r.done as u32, r.blocks.clone(), lp)
+                    logprobs: r.logprobs.filter(|_| r.done + 1 >= r.prompt),
                 })
                 .collect()
         };
         let step_in: Vec<StepInput> = inputs
             .iter()
-            .map(|(_, token, pos, blocks, logprobs)| StepInput {
-                token: *token,
-                pos: *pos,
-                blocks,
-                logprobs: *logprobs,
+            .map(|i| StepInput {
+                token: i.token,
+                pos: i.pos,
+                blocks: &i.blocks,
+                logprobs: i.logprobs,
             })
             .collect();
         let out = engine.step_locked(|| sh.read(), &dep, replica, &step_in);
@@ -86,8 +97,8 @@ pub(super) fn run(sh: &Arc<Shared>, instance: u64, replica: usize) {
             Ok(out) => {
                 let mut emitted = 0;
                 let logprobs = out.logprobs.into_iter().chain(std::iter::repeat(None));
-                for (((id, ..), next), lp) in inputs.iter().zip(out.next).zip(logprobs) {
-                    let Some(r) = st.running.get_mut(id) else {
+                for ((input, next), lp) in inputs.iter().zip(out.next).zip(logprobs) {
+                    let Some(r) = st.running.get_mut(&input.id) else {
                         continue;
                     };
                     r.busy = false;
@@ -138,8 +149,8 @@ pub(super) fn run(sh: &Arc<Shared>, instance: u64, replica: usize) {
             }
             Err(e) => {
                 // A failed step fails its requests (their blocks go back); the worker goes on.
-                for (id, ..) in &inputs {
-                    if let Some(r) = st.running.remove(id) {
+                for input in &inputs {
+                    if let Some(r) = st.running.remove(&input.id) {
                         st.kv.give(&group, &r.blocks);
                         if let Some(s) = &r.sink {
                             let _ = s.send(TokenEvent::Failed {

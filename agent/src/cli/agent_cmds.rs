@@ -344,6 +344,12 @@ pub fn serve(a: &ServeArgs) -> Result<(), CliError> {
                 .map_err(|e| CliError::usage(anyhow::anyhow!("--http: {e}")))
         })
         .transpose()?;
+    if let Some((_, l)) = &front
+        && let Ok(a) = l.local_addr()
+    {
+        // Published before any client connects (the node's facts are not in deltas).
+        let _ = daemon.http_addr.set(format!("http://{a}"));
+    }
     let rt = runtime()?;
     let signal = shutdown(&rt)?;
     // From here on the socket file is removed on every way out (`SocketFile`).

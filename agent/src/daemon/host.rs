@@ -404,7 +404,13 @@ impl Embedded {
             Err(e) => Err(e),
         };
         let front = match front {
-            Ok(f) => Some(f),
+            Ok((f, l)) => {
+                // Published before any client connects (the node's facts are not in deltas).
+                if let Ok(a) = l.local_addr() {
+                    let _ = daemon.http_addr.set(format!("http://{a}"));
+                }
+                Some((f, l))
+            }
             Err(e) => {
                 let mut st = daemon.lock();
                 daemon.log(&mut st, 0.0, "error", format!("no HTTP endpoint: {e}"));

@@ -153,7 +153,16 @@ impl Front {
         }
         let max = self.daemon.server.max_request_tokens();
         if ids.len() as u64 >= max {
-            return Err(too_long(ids.len() as u64, 1, max));
+            return Err(ApiError::new(
+                Kind::TooLarge,
+                format!(
+                    "{field}: the prompt ({} tokens) leaves no room for a generated token; the \
+                     context (one replica's KV cache) holds {max}",
+                    ids.len()
+                ),
+            )
+            .param(field)
+            .code("context_length_exceeded"));
         }
         Ok(())
     }

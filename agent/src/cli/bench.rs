@@ -58,6 +58,9 @@ pub enum BenchCommand {
     /// A long run of the agent (traffic, a watcher, a scale every --scale-every): its memory at
     /// the start and the end, requests served, operations run.
     Soak(super::bench_soak::SoakArgs),
+    /// Streaming clients of the OpenAI-compatible API through a scale up and back down, beside
+    /// a control run without scaling: TTFT and inter-token latency per phase, and a verdict.
+    Http(super::bench_http::HttpBenchArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -161,6 +164,7 @@ pub fn run(a: &BenchArgs) -> Result<(), CliError> {
         BenchCommand::Paper(x) => super::paper::run(x),
         BenchCommand::Watch(x) => super::bench_watch::run(x),
         BenchCommand::Soak(x) => super::bench_soak::run(x),
+        BenchCommand::Http(x) => super::bench_http::run(x),
     }
 }
 

@@ -4,6 +4,7 @@
 mod ablation;
 mod agent_cmds;
 mod bench;
+mod bench_http;
 mod bench_soak;
 mod bench_watch;
 mod bridge;

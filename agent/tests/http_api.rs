@@ -43,8 +43,12 @@ fn node(cache: &tempfile::TempDir, config: &str) -> NodeOptions {
 }
 
 fn agent(opts: ServeOptions, access: Access) -> Agent {
+    agent_at("dp1tp1ep1", opts, access)
+}
+
+fn agent_at(config: &str, opts: ServeOptions, access: Access) -> Agent {
     let cache = tempfile::tempdir().unwrap();
-    let (daemon, _) = host::build(&node(&cache, "dp1tp1ep1"), opts, access).unwrap();
+    let (daemon, _) = host::build(&node(&cache, config), opts, access).unwrap();
     let tok = Front::load_tokenizer(&daemon).unwrap();
     let front = Front::new(Arc::clone(&daemon), tok);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -593,4 +597,83 @@ fn a_cold_restart_answers_503_while_reloading_and_a_stream_resumes_where_it_was(
         text, want,
         "the stream went on where it was, nothing sent twice"
     );
+}
+
+/// On a scale-down the stream on the replica that stays moves with its KV; the one on the
+/// replica that goes away finishes on the draining instance. Neither is aborted, and both end
+/// with the answers they have without scaling.
+#[test]
+fn on_scale_down_a_stream_of_the_removed_replica_finishes_on_the_draining_instance() {
+    let (tx, reached) = mpsc::channel::<()>();
+    let (go, grx) = mpsc::channel::<()>();
+    let grx = Mutex::new(grx);
+    let hook = FaultHook(Arc::new(move |p: &str| {
+        if p == "copies" {
+            let _ = tx.send(());
+            let _ = grx.lock().unwrap().recv_timeout(Duration::from_secs(120));
+        }
+        Ok(())
+    }));
+    // One request per replica.
+    let opts = ServeOptions {
+        max_batch: 1,
+        fault: Some(hook),
+        ..ServeOptions::default()
+    };
+    let a = agent_at("dp2tp1ep2", opts, Access::default());
+    let bodies: Vec<Value> = ["First stream", "Second stream"]
+        .iter()
+        .map(|p| json!({"prompt": p, "max_tokens": 800, "ignore_eos": true}))
+        .collect();
+    let want: Vec<String> = bodies
+        .iter()
+        .map(|b| {
+            a.post("/v1/completions", b.clone()).json().unwrap()["choices"][0]["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    a.daemon.server().take_finished();
+    let streams: Vec<_> = bodies
+        .iter()
+        .map(|b| {
+            let mut sb = b.clone();
+            sb["stream"] = json!(true);
+            let addr = a.addr;
+            a.rt.spawn(async move {
+                let mut events = Vec::new();
+                client::stream(addr, "/v1/completions", None, &sb, |d, _| {
+                    events.push(d.to_string());
+                    true
+                })
+                .await
+                .map(|_| events)
+            })
+        })
+        .collect();
+    a.until("both streams running, one per replica", |d| {
+        d.server().running_by_instance().get(&1) == Some(&2)
+    });
+    let d = Arc::clone(&a.daemon);
+    let op = std::thread::spawn(move || {
+        let to: ParallelConfig = "dp1tp1ep1".parse().unwrap();
+        d.server()
+            .scale_with(Strategy::Elastic, to, d.topology(), &AtomicBool::new(false))
+            .map(|r| (r.moved_requests, r.drained_requests))
+    });
+    reached.recv_timeout(Duration::from_secs(60)).unwrap();
+    assert_eq!(a.daemon.server().queue().1, 2, "both run at the switchover");
+    go.send(()).unwrap();
+    assert_eq!(
+        op.join().unwrap().unwrap(),
+        (1, 1),
+        "one moved, one drained"
+    );
+    for (s, want) in streams.into_iter().zip(want) {
+        let events = a.rt.block_on(s).unwrap().unwrap();
+        let (text, _, finish) = streamed_text(&events);
+        assert_eq!(finish, ["length"], "finished, not aborted");
+        assert_eq!(text, want);
+    }
 }

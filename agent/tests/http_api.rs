@@ -104,6 +104,22 @@ impl Agent {
     }
 }
 
+/// A fault hook that stops a scaling operation at `point` until `go` is sent; `reached` says
+/// it got there.
+fn stall_at(point: &'static str) -> (FaultHook, mpsc::Receiver<()>, mpsc::Sender<()>) {
+    let (tx, reached) = mpsc::channel::<()>();
+    let (go, grx) = mpsc::channel::<()>();
+    let grx = Mutex::new(grx);
+    let hook = FaultHook(Arc::new(move |p: &str| {
+        if p == point {
+            let _ = tx.send(());
+            let _ = grx.lock().unwrap().recv_timeout(Duration::from_secs(120));
+        }
+        Ok(())
+    }));
+    (hook, reached, go)
+}
+
 /// The text of a stream: completions' `text`, chat's `delta.content`.
 fn streamed_text(events: &[String]) -> (String, Option<Value>, Vec<String>) {
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
@@ -446,16 +462,7 @@ fn metrics_carry_vllms_names_with_the_model_label() {
 /// same request on an agent that does not scale.
 #[test]
 fn a_stream_crosses_scale_up_and_down_with_the_answer_it_has_without_scaling() {
-    let (tx, reached) = mpsc::channel::<()>();
-    let (go, grx) = mpsc::channel::<()>();
-    let grx = Mutex::new(grx);
-    let hook = FaultHook(Arc::new(move |p: &str| {
-        if p == "copies" {
-            let _ = tx.send(());
-            let _ = grx.lock().unwrap().recv_timeout(Duration::from_secs(120));
-        }
-        Ok(())
-    }));
+    let (hook, reached, go) = stall_at("copies");
     let opts = ServeOptions {
         fault: Some(hook),
         ..ServeOptions::default()
@@ -527,16 +534,7 @@ fn a_stream_crosses_scale_up_and_down_with_the_answer_it_has_without_scaling() {
 /// are not sent twice) and ends with the answer it has without the restart.
 #[test]
 fn a_cold_restart_answers_503_while_reloading_and_a_stream_resumes_where_it_was() {
-    let (tx, reached) = mpsc::channel::<()>();
-    let (go, grx) = mpsc::channel::<()>();
-    let grx = Mutex::new(grx);
-    let hook = FaultHook(Arc::new(move |p: &str| {
-        if p == "reload" {
-            let _ = tx.send(());
-            let _ = grx.lock().unwrap().recv_timeout(Duration::from_secs(120));
-        }
-        Ok(())
-    }));
+    let (hook, reached, go) = stall_at("reload");
     let opts = ServeOptions {
         fault: Some(hook),
         ..ServeOptions::default()
@@ -604,16 +602,7 @@ fn a_cold_restart_answers_503_while_reloading_and_a_stream_resumes_where_it_was(
 /// with the answers they have without scaling.
 #[test]
 fn on_scale_down_a_stream_of_the_removed_replica_finishes_on_the_draining_instance() {
-    let (tx, reached) = mpsc::channel::<()>();
-    let (go, grx) = mpsc::channel::<()>();
-    let grx = Mutex::new(grx);
-    let hook = FaultHook(Arc::new(move |p: &str| {
-        if p == "copies" {
-            let _ = tx.send(());
-            let _ = grx.lock().unwrap().recv_timeout(Duration::from_secs(120));
-        }
-        Ok(())
-    }));
+    let (hook, reached, go) = stall_at("copies");
     // One request per replica.
     let opts = ServeOptions {
         max_batch: 1,

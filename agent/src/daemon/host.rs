@@ -318,16 +318,7 @@ pub async fn serve_metrics(daemon: Arc<Daemon>, l: std::net::TcpListener) -> std
         axum::routing::get(move |headers: HeaderMap| {
             let d = Arc::clone(&daemon);
             async move {
-                let given = headers
-                    .get(header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "));
-                let ok = match (given, d.access.token.as_deref()) {
-                    (_, None) => true,
-                    (Some(g), Some(t)) => super::service::same_secret(g, t),
-                    (None, Some(_)) => false,
-                };
-                if d.access.auth_reads && !ok {
+                if d.access.auth_reads && d.access.bearer(&headers).is_err() {
                     return (
                         StatusCode::UNAUTHORIZED,
                         [(header::CONTENT_TYPE, "text/plain")],
@@ -335,15 +326,7 @@ pub async fn serve_metrics(daemon: Arc<Daemon>, l: std::net::TcpListener) -> std
                     )
                         .into_response();
                 }
-                let body = tokio::task::spawn_blocking(move || d.metrics_text())
-                    .await
-                    .unwrap_or_default();
-                (
-                    StatusCode::OK,
-                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                    body,
-                )
-                    .into_response()
+                super::metrics::exposition(d).await
             }
         }),
     );

@@ -342,6 +342,23 @@ impl VllmStats {
     }
 }
 
+/// `/metrics` as an HTTP answer (the text is built off the async runtime).
+pub async fn exposition(daemon: std::sync::Arc<Daemon>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let body = tokio::task::spawn_blocking(move || daemon.metrics_text())
+        .await
+        .unwrap_or_default();
+    (
+        axum::http::StatusCode::OK,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        body,
+    )
+        .into_response()
+}
+
 impl Daemon {
     /// The metrics now: the node's `emoe_` families, then the `vllm:` ones.
     pub fn metrics_text(&self) -> String {

@@ -72,6 +72,32 @@ impl Default for Access {
     }
 }
 
+/// Why an HTTP request's bearer token was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bearer {
+    Missing,
+    Wrong,
+}
+
+impl Access {
+    /// Whether an HTTP request carries the token as `Authorization: Bearer TOKEN` (any request
+    /// does when the agent has none).
+    pub fn bearer(&self, headers: &axum::http::HeaderMap) -> Result<(), Bearer> {
+        let Some(token) = self.token.as_deref() else {
+            return Ok(());
+        };
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            Some(g) if same_secret(g, token) => Ok(()),
+            Some(_) => Err(Bearer::Wrong),
+            None => Err(Bearer::Missing),
+        }
+    }
+}
+
 /// An id of this daemon's start, so that a client resuming a watch against a restarted agent
 /// (whose sequence numbers start again) gets a full snapshot: time, pid and a process counter.
 fn new_incarnation() -> String {

@@ -18,14 +18,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use emoe_core::echo::echo;
 use emoe_core::tokenizer::Tokenizer;
 
-use crate::daemon::Daemon;
+use crate::daemon::{Bearer, Daemon};
 use crate::serve::{ServeError, Source, Submit};
 
 use generate::{Job, Piece, drive};
@@ -79,24 +79,17 @@ impl Front {
     }
 
     fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let Some(token) = self.daemon.access.token.as_deref() else {
-            return Ok(());
-        };
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match given {
-            Some(g) if crate::daemon::same_secret(g, token) => Ok(()),
-            Some(_) => Err(ApiError::new(
+        self.daemon.access.bearer(headers).map_err(|b| {
+            ApiError::new(
                 Kind::Unauthorized,
-                "the bearer token does not match the agent's",
-            )),
-            None => Err(ApiError::new(
-                Kind::Unauthorized,
-                "this agent needs `Authorization: Bearer TOKEN` (its --token-file)",
-            )),
-        }
+                match b {
+                    Bearer::Wrong => "the bearer token does not match the agent's",
+                    Bearer::Missing => {
+                        "this agent needs `Authorization: Bearer TOKEN` (its --token-file)"
+                    }
+                },
+            )
+        })
     }
 
     /// A refusal as the client gets it (counted for the console).
@@ -267,16 +260,7 @@ async fn metrics(State(f): State<Arc<Front>>, headers: HeaderMap) -> Response {
     {
         return f.refuse(e);
     }
-    let d = Arc::clone(&f.daemon);
-    let body = tokio::task::spawn_blocking(move || d.metrics_text())
-        .await
-        .unwrap_or_default();
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        body,
-    )
-        .into_response()
+    crate::daemon::metrics::exposition(Arc::clone(&f.daemon)).await
 }
 
 async fn tokenize(State(f): State<Arc<Front>>, headers: HeaderMap, body: Body) -> Response {

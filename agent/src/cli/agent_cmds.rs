@@ -55,6 +55,8 @@ pub struct ServeArgs {
     /// How often the state is snapshotted and changes published to watchers (10ms to 1m).
     #[arg(long, default_value = "250ms", value_parser = super::parse_tick)]
     pub tick: Duration,
+    #[command(flatten)]
+    pub autoscale: super::autoscale_args::AutoscaleArgs,
 }
 
 #[derive(Debug, Args)]
@@ -309,6 +311,7 @@ pub fn serve(a: &ServeArgs) -> Result<(), CliError> {
         max_watchers: a.max_watchers as usize,
     };
     let (daemon, vocab) = host::build(&o, opts, access)?;
+    a.autoscale.install(&daemon)?;
     let rt = runtime()?;
     let signal = shutdown(&rt)?;
     // From here on the socket file is removed on every way out (`SocketFile`).

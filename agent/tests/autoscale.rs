@@ -151,7 +151,10 @@ fn an_easy_slo_at_low_load_scales_down_to_min_dp() {
         .iter()
         .find(|o| o.to == "dp1tp2ep2")
         .expect("the scale operation");
-    assert_eq!((op.kind.as_str(), op.strategy.as_str()), ("scale", "elastic"));
+    assert_eq!(
+        (op.kind.as_str(), op.strategy.as_str()),
+        ("scale", "elastic")
+    );
     assert!(s.autoscaler.unwrap().attainment.is_some_and(|v| v >= 0.95));
 }
 

@@ -232,7 +232,7 @@ impl Decision {
                 String::new()
             }
         );
-        let span = format!("{:.0} s", f.span_s);
+        let span = secs(f.span_s);
         match self {
             Decision::Up { .. } => format!(
                 "SLO attainment {att} < {} over {span} ({slo})",

@@ -310,8 +310,7 @@ pub fn serve(a: &ServeArgs) -> Result<(), CliError> {
         auth_reads: a.allow_remote,
         max_watchers: a.max_watchers as usize,
     };
-    let (daemon, vocab) = host::build(&o, opts, access)?;
-    a.autoscale.install(&daemon)?;
+    let (daemon, vocab) = a.autoscale.build(&o, || host::build(&o, opts, access))?;
     let rt = runtime()?;
     let signal = shutdown(&rt)?;
     // From here on the socket file is removed on every way out (`SocketFile`).

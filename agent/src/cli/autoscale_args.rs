@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use emoe_core::autoscale::{Config, DEFAULT_MARGIN, DEFAULT_MIN_REQUESTS};
+use emoe_core::autoscale::{Config, DEFAULT_MARGIN, DEFAULT_MIN_REQUESTS, secs};
 use emoe_core::metrics::Slo;
 
+use crate::cluster::NodeOptions;
 use crate::daemon::Daemon;
 use crate::exit::CliError;
 
@@ -90,36 +91,54 @@ fn parse_threshold(s: &str) -> Result<f64, String> {
 }
 
 impl AutoscaleArgs {
-    /// The policy's settings for a node of `devices` devices starting at DP `dp`, TP `tp`; a
-    /// range that cannot hold is refused (exit 2) naming both flags.
-    pub fn config(&self, devices: u32, dp: u32, tp: u32) -> Result<Config, CliError> {
-        let usage = |m: String| CliError::usage(anyhow::anyhow!(m));
-        let fit = devices / tp.max(1);
-        let max_dp = self.max_dp.unwrap_or(fit.max(dp));
-        if self.min_dp > max_dp {
-            return Err(usage(format!(
-                "--min-dp {} is above --max-dp {max_dp}: the range is empty",
-                self.min_dp
-            )));
+    /// The DP range for a node of `devices` devices (`None`: not known yet) starting at DP
+    /// `dp`, TP `tp`; a range that cannot hold is refused (exit 2) naming both sides. The
+    /// maximum is `None` while it depends on the devices.
+    fn range(&self, devices: Option<u32>, dp: u32, tp: u32) -> Result<Option<u32>, CliError> {
+        let usage = |m: String| Err(CliError::usage(anyhow::anyhow!(m)));
+        let fit = devices.map(|n| n / tp.max(1));
+        let max = self.max_dp.or(fit.map(|f| f.max(dp)));
+        let max_flag = |m: u32| match self.max_dp {
+            Some(_) => format!("--max-dp {m}"),
+            None => format!("--max-dp {m} (the default: as many TP groups as the devices hold)"),
+        };
+        if let Some(max) = max
+            && self.min_dp > max
+        {
+            return usage(format!(
+                "--min-dp {} is above {}: the range is empty",
+                self.min_dp,
+                max_flag(max)
+            ));
         }
         if self.min_dp > dp {
-            return Err(usage(format!(
+            return usage(format!(
                 "--min-dp {} is above the starting DP {dp} (--config): start within the range",
                 self.min_dp
-            )));
+            ));
         }
-        if max_dp < dp {
-            return Err(usage(format!(
-                "--max-dp {max_dp} is below the starting DP {dp} (--config): start within the \
-                 range"
-            )));
+        if let Some(max) = max
+            && max < dp
+        {
+            return usage(format!(
+                "{} is below the starting DP {dp} (--config): start within the range",
+                max_flag(max)
+            ));
         }
-        if max_dp > fit {
-            return Err(usage(format!(
-                "--max-dp {max_dp} needs {} devices at TP {tp}; the node has {devices}",
-                u64::from(max_dp) * u64::from(tp)
-            )));
+        if let (Some(max), Some(fit), Some(n)) = (max, fit, devices)
+            && max > fit
+        {
+            return usage(format!(
+                "--max-dp {max} needs {} devices at TP {tp}; the node has {n}",
+                u64::from(max) * u64::from(tp)
+            ));
         }
+        Ok(max)
+    }
+
+    /// The policy's settings for a node of `devices` devices starting at DP `dp`, TP `tp`.
+    pub fn config(&self, devices: u32, dp: u32, tp: u32) -> Result<Config, CliError> {
+        let max_dp = self.range(Some(devices), dp, tp)?.unwrap_or(dp);
         let cfg = Config {
             slo: Slo {
                 ttft_s: self.slo_ttft.as_secs_f64(),
@@ -133,19 +152,28 @@ impl AutoscaleArgs {
             max_dp,
             min_requests: DEFAULT_MIN_REQUESTS,
         };
-        cfg.validate().map_err(|e| usage(e.to_string()))?;
+        cfg.validate()
+            .map_err(|e| CliError::usage(anyhow::anyhow!(e)))?;
         Ok(cfg)
     }
 
-    /// With `--autoscale slo`, check the flags against the daemon's node and turn it on.
-    pub fn install(&self, daemon: &Arc<Daemon>) -> Result<(), CliError> {
+    /// Build the daemon with `build`; with `--autoscale slo`, the flags are checked against
+    /// the starting config first (a bad range is refused before the model loads), then
+    /// against the node's devices, and the autoscaler is turned on.
+    pub fn build(
+        &self,
+        o: &NodeOptions,
+        build: impl FnOnce() -> Result<(Arc<Daemon>, u32), CliError>,
+    ) -> Result<(Arc<Daemon>, u32), CliError> {
         if self.autoscale == Mode::Off {
-            return Ok(());
+            return build();
         }
-        let devices = daemon.devices() as u32;
+        self.range(o.devices, o.config.dp(), o.config.tp())?;
+        let (daemon, vocab) = build()?;
         let active = daemon
             .active_parallel_config()
             .map_err(|e| CliError::failed(anyhow::anyhow!(e)))?;
+        let devices = u32::try_from(daemon.devices()).unwrap_or(u32::MAX);
         let cfg = self.config(devices, active.dp(), active.tp())?;
         daemon
             .enable_autoscale(cfg)
@@ -154,12 +182,12 @@ impl AutoscaleArgs {
             "emoe-agent: autoscaling DP {}..={} on the SLO TTFT ≤ {}, TPOT ≤ {} (≥ {:.0}% over {})",
             cfg.min_dp,
             cfg.max_dp,
-            emoe_core::autoscale::secs(cfg.slo.ttft_s),
-            emoe_core::autoscale::secs(cfg.slo.tpot_s),
+            secs(cfg.slo.ttft_s),
+            secs(cfg.slo.tpot_s),
             cfg.threshold * 100.0,
-            emoe_core::autoscale::secs(cfg.window_s),
+            secs(cfg.window_s),
         );
-        Ok(())
+        Ok((daemon, vocab))
     }
 }
 
@@ -185,14 +213,18 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         for bad in ["0s", "2h", "soon", "-1s"] {
             assert!(
-                parse_duration(bad).unwrap_err().contains(&format!("`{bad}`")),
+                parse_duration(bad)
+                    .unwrap_err()
+                    .contains(&format!("`{bad}`")),
                 "{bad}"
             );
         }
         assert_eq!(parse_threshold("0.95"), Ok(0.95));
         for bad in ["0", "1.01", "NaN", "-0.5", "most"] {
             assert!(
-                parse_threshold(bad).unwrap_err().contains(&format!("`{bad}`")),
+                parse_threshold(bad)
+                    .unwrap_err()
+                    .contains(&format!("`{bad}`")),
                 "{bad}"
             );
         }
@@ -203,10 +235,23 @@ mod tests {
         // 8 devices at TP 2: up to DP 4 by default.
         assert_eq!(args(1, None).config(8, 2, 2).unwrap().max_dp, 4);
         for (a, dp, want) in [
-            (args(3, Some(2)), 2, "--min-dp 3 is above --max-dp 2"),
+            (
+                args(3, Some(2)),
+                2,
+                "--min-dp 3 is above --max-dp 2: the range is empty",
+            ),
+            (
+                args(5, None),
+                4,
+                "--min-dp 5 is above --max-dp 4 (the default",
+            ),
             (args(3, None), 2, "--min-dp 3 is above the starting DP 2"),
             (args(1, Some(1)), 2, "--max-dp 1 is below the starting DP 2"),
-            (args(1, Some(5)), 2, "--max-dp 5 needs 10 devices at TP 2; the node has 8"),
+            (
+                args(1, Some(5)),
+                2,
+                "--max-dp 5 needs 10 devices at TP 2; the node has 8",
+            ),
         ] {
             let e = a.config(8, dp, 2).unwrap_err();
             assert_eq!(e.code, crate::exit::USAGE);

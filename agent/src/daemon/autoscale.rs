@@ -12,8 +12,8 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-pub use emoe_core::autoscale::Config;
 use emoe_core::ParallelConfig;
+pub use emoe_core::autoscale::Config;
 use emoe_core::autoscale::{Decision, Inputs, Sample, decide, tpot_s};
 use emoe_core::scale::Strategy;
 
@@ -219,8 +219,7 @@ impl Daemon {
         let Some(t) = st.autoscale.as_mut() else {
             return;
         };
-        if t
-            .refused
+        if t.refused
             .is_some_and(|(f, x, retry)| f == from && x == to && now < retry)
         {
             return;
@@ -248,6 +247,8 @@ impl Daemon {
             // Another operation started meanwhile, or a cold restart reloads: next tick.
             Err(Refused::Busy(_) | Refused::Unavailable(_)) => {}
             Err(Refused::Rule(m) | Refused::Invalid(m)) => {
+                let prefix = format!("target {to} (elastic): ");
+                let m = m.strip_prefix(&prefix).unwrap_or(&m);
                 let msg = format!("cannot scale {dir} to {to}: {m}");
                 self.refused(st, now, from, to, msg);
             }

@@ -389,7 +389,11 @@ impl Daemon {
             let mut st = self.lock();
             st.instance_tokens
                 .retain(|_, q| q.back().is_some_and(|(t, _)| *t >= now - 10.0));
-            while st.finished_sources.front().is_some_and(|(t, _)| *t < now - 10.0) {
+            while st
+                .finished_sources
+                .front()
+                .is_some_and(|(t, _)| *t < now - 10.0)
+            {
                 st.finished_sources.pop_front();
             }
         }

@@ -13,10 +13,10 @@ use emoe_core::ParallelConfig;
 use emoe_core::plan::Policy;
 use emoe_core::scale::Strategy;
 
-use super::proto::agent_server::Agent;
-use super::proto::{self, watch_update::Body};
 use super::Daemon;
 use super::ops::Refused;
+use super::proto::agent_server::Agent;
+use super::proto::{self, watch_update::Body};
 
 /// The service clients talk to.
 #[derive(Clone)]
@@ -353,18 +353,18 @@ impl Agent for AgentService {
         let id = self
             .daemon
             .start_op("rebalance", to, Strategy::Elastic, move |d, cancel| {
-            let load = d
-                .server
-                .expert_load()
-                .into_iter()
-                .map(|(l, v)| (l, v.into_iter().map(|x| x as f64).collect()))
-                .collect();
-            let policy = Policy::LoadAware { load, replicas };
-            let p = d
-                .server
-                .plan(to, policy, &d.topology)
-                .map_err(|e| e.to_string())?;
-            d.server.scale(&p, cancel).map_err(|e| e.to_string())
+                let load = d
+                    .server
+                    .expert_load()
+                    .into_iter()
+                    .map(|(l, v)| (l, v.into_iter().map(|x| x as f64).collect()))
+                    .collect();
+                let policy = Policy::LoadAware { load, replicas };
+                let p = d
+                    .server
+                    .plan(to, policy, &d.topology)
+                    .map_err(|e| e.to_string())?;
+                d.server.scale(&p, cancel).map_err(|e| e.to_string())
             })
             .map_err(status)?;
         Ok(Response::new(proto::ScaleReply { operation: id }))

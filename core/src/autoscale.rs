@@ -312,8 +312,8 @@ pub fn decide(cfg: &Config, i: &Inputs<'_>) -> Decision {
     let hold = |why| Decision::Hold { why, figures };
     if let Some(last) = i.last_decision_s {
         let until_s = last + cfg.cooldown_s;
-        // `!(now >= until)`: a NaN clock holds too.
-        if !(i.now_s >= until_s) {
+        // A NaN clock holds too.
+        if i.now_s < until_s || i.now_s.is_nan() {
             return hold(Why::Cooldown { until_s });
         }
     }

@@ -158,7 +158,7 @@ impl Daemon {
         let scaling = self.server.is_scaling();
         let mut guard = self.lock();
         let st: &mut super::State = &mut guard;
-        let busy = scaling || Daemon::running_op(&st).is_some() || active.is_none();
+        let busy = scaling || Daemon::running_op(st).is_some() || active.is_none();
         let Some(t) = st.autoscale.as_mut() else {
             return;
         };

@@ -1,8 +1,8 @@
 //! The SLO autoscaler's policy: pure and synchronous; the caller owns the clock and the node.
 //!
 //! Each evaluation looks at the requests that finished in the window — the last
-//! [`Config::window_s`] seconds, and never before [`Inputs::since_s`] (the end of the last
-//! configuration change: older requests were served by another config) — and decides one of:
+//! [`Config::window_s`] seconds — and arrived after [`Inputs::since_s`] (the end of the last
+//! configuration change: earlier ones waited on another config) — and decides one of:
 //!
 //! - **Up** one TP group (`DP+1`) when SLO attainment falls below [`Config::threshold`].
 //!   Attainment is the share of the *counted* requests that met the SLO (TTFT ≤ α and TPOT ≤ β),
@@ -13,8 +13,9 @@
 //!   The estimate: the load spread over `dp−1` groups instead of `dp` makes each group's
 //!   latencies grow by about `dp/(dp−1)`. So: attainment ≥ threshold + [`Config::margin`]
 //!   (the hysteresis that keeps an up from being undone at once), the window's p90 TTFT and
-//!   p90 TPOT times `dp/(dp−1)` still within α and β, and nothing queued. A node idle for a
-//!   whole window (nothing finished, queued or running) also steps down.
+//!   p90 TPOT times `dp/(dp−1)` still within α and β, nothing queued, and a full window since
+//!   the last change. A node idle for a whole window (nothing finished, queued or running)
+//!   also steps down.
 //! - **Hold** otherwise, with the reason.
 //!
 //! Never within [`Config::cooldown_s`] of the last decision; never to a DP outside
@@ -119,6 +120,7 @@ pub fn tpot_s(first_token_s: f64, finish_s: f64, output_tokens: u32) -> Option<f
 /// One finished request as the policy sees it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Sample {
+    pub arrival_s: f64,
     pub finish_s: f64,
     pub ttft_s: f64,
     /// `None` for a single-token output: judged on its TTFT alone.
@@ -137,7 +139,8 @@ pub struct Inputs<'a> {
     pub now_s: f64,
     /// Finished requests (any order; those outside the window are ignored).
     pub samples: &'a [Sample],
-    /// The window starts no earlier than this (the end of the last configuration change).
+    /// Only requests that arrived after this count, and the window starts no earlier (the end
+    /// of the last configuration change).
     pub since_s: f64,
     pub dp: u32,
     pub queued: usize,
@@ -289,7 +292,7 @@ pub fn decide(cfg: &Config, i: &Inputs<'_>) -> Decision {
     let window: Vec<&Sample> = i
         .samples
         .iter()
-        .filter(|s| s.finish_s >= from && s.finish_s <= i.now_s)
+        .filter(|s| s.finish_s >= from && s.finish_s <= i.now_s && s.arrival_s >= i.since_s)
         .collect();
     let met = window.iter().filter(|s| s.attains(&cfg.slo)).count();
     let over = i.queued_over_ttft.min(i.queued);
@@ -349,7 +352,10 @@ pub fn decide(cfg: &Config, i: &Inputs<'_>) -> Decision {
             hold(Why::AtMax)
         };
     }
-    if i.dp > cfg.min_dp && i.queued == 0 && window.len() >= cfg.min_requests {
+    // A step down waits for a full window since the last change: shedding capacity on the
+    // first few requests after it would undo an up at once.
+    let full = i.now_s - i.since_s >= cfg.window_s;
+    if full && i.dp > cfg.min_dp && i.queued == 0 && window.len() >= cfg.min_requests {
         let k = f64::from(i.dp) / f64::from(i.dp - 1);
         let fits = |p: Option<f64>, slo: f64| p.is_none_or(|v| v * k <= slo);
         if att >= (cfg.threshold + cfg.margin).min(1.0)
@@ -389,6 +395,7 @@ mod tests {
     fn samples(n: usize, ttft_s: f64, tpot_s: f64, at: f64) -> Vec<Sample> {
         (0..n)
             .map(|k| Sample {
+                arrival_s: at - k as f64 * 0.1 - ttft_s - 1.0,
                 finish_s: at - k as f64 * 0.1,
                 ttft_s,
                 tpot_s: Some(tpot_s),
@@ -483,6 +490,16 @@ mod tests {
                 ..
             }
         ));
+        // Finished after the change but arrived before it (they waited on the old config).
+        i.since_s = 95.0;
+        assert!(s.iter().all(|x| x.finish_s >= 95.0 && x.arrival_s < 95.0));
+        assert!(matches!(
+            decide(&cfg(), &i),
+            Decision::Hold {
+                why: Why::TooFew { counted: 0, .. },
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -508,11 +525,21 @@ mod tests {
         // ...but ×4/3 from dp4 fits.
         let d = decide(&cfg(), &inputs(&s, 4));
         assert!(matches!(d, Decision::Down { to_dp: 3, .. }), "{d:?}");
-        // Anything queued holds.
+        // Anything queued holds, and so does a window not yet full since the last change.
         let s = samples(20, 0.5, 0.02, 99.0);
         let mut i = inputs(&s, 2);
         i.queued = 1;
         assert!(matches!(decide(&cfg(), &i), Decision::Hold { .. }));
+        let mut i = inputs(&s, 2);
+        i.since_s = 80.0;
+        assert!(s.iter().all(|x| x.arrival_s >= 80.0));
+        assert!(matches!(
+            decide(&cfg(), &i),
+            Decision::Hold {
+                why: Why::Meets,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -610,6 +637,7 @@ mod tests {
     fn arb_sample() -> impl Strategy<Value = Sample> {
         (0.0..40.0f64, 0.0..5.0f64, proptest::option::of(0.0..0.3f64)).prop_map(
             |(back, ttft_s, tpot_s)| Sample {
+                arrival_s: -back - ttft_s - 1.0,
                 finish_s: -back,
                 ttft_s,
                 tpot_s,
@@ -648,6 +676,7 @@ mod tests {
                 now += dt;
                 for x in &mut s {
                     x.finish_s += now;
+                    x.arrival_s += now;
                 }
                 let i = Inputs {
                     now_s: now,

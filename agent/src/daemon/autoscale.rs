@@ -70,6 +70,7 @@ impl Tracker {
             return;
         }
         self.samples.push_back(Sample {
+            arrival_s: f.arrival_s,
             finish_s: f.finish_s,
             ttft_s: f.first_token_s - f.arrival_s,
             tpot_s: tpot_s(f.first_token_s, f.finish_s, f.output.len() as u32),
@@ -227,6 +228,9 @@ impl Daemon {
         t.evaluating = true;
         drop(guard);
         let r = self.begin_scale("scale", to, Strategy::Elastic);
+        // Events are logged in time order (watchers resume by timestamp): the operation's own
+        // event came meanwhile, so the decision's is stamped now.
+        let now = self.server.now();
         let mut guard = self.lock();
         let st: &mut super::State = &mut guard;
         let Some(t) = st.autoscale.as_mut() else {

@@ -4,7 +4,8 @@
 //! A ticker thread turns the server's events into operation progress and an event log, builds
 //! a snapshot of the node a few times a second, and publishes what changed as a numbered update;
 //! `Watch` sends a full snapshot, then those updates (resuming from a sequence number when the
-//! client's is still in the recent ring). Scaling runs on its own thread per operation.
+//! client's is still in the recent ring). Scaling runs on its own thread per operation; with
+//! `--autoscale slo` the ticker also evaluates the SLO autoscaler ([`autoscale`]) first.
 
 pub mod autoscale;
 pub mod client;

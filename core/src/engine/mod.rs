@@ -89,9 +89,7 @@ pub fn logprobs_of(logits: &[f32], chosen: u32, top: u8) -> TokenLogprobs {
         }
     }
     TokenLogprobs {
-        logprob: logits
-            .get(chosen as usize)
-            .map_or(f32::NEG_INFINITY, |v| v - lse),
+        logprob: logits.get(chosen as usize).map_or(f32::NEG_INFINITY, |v| v - lse),
         top: best.into_iter().map(|(t, v)| (t, v - lse)).collect(),
     }
 }

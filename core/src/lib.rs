@@ -1,5 +1,6 @@
 //! `emoe-core`: the domain and memory of ElasticMoE, pure and synchronous.
 //!
+//! - [`autoscale`]: the SLO autoscaler's policy (scale up or down one TP group).
 //! - [`device`]: device and node identities (`node/index`).
 //! - [`parallel`]: `DP×TP×EP` parallel configurations.
 //! - [`backend`]: the device-backend trait and its implementations (host, modeled, …).
@@ -18,6 +19,7 @@
 //! - [`metrics`]: serving metrics from timestamps — TTFT, TPOT, SLO attainment, throughput,
 //!   downtime — and per-expert load.
 
+pub mod autoscale;
 pub mod backend;
 pub mod checkpoint;
 pub mod deploy;

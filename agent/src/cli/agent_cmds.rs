@@ -65,6 +65,8 @@ pub struct ServeArgs {
     /// How often the state is snapshotted and changes published to watchers (10ms to 1m).
     #[arg(long, default_value = "250ms", value_parser = super::parse_tick)]
     pub tick: Duration,
+    #[command(flatten)]
+    pub autoscale: super::autoscale_args::AutoscaleArgs,
 }
 
 #[derive(Debug, Args)]
@@ -336,7 +338,7 @@ pub fn serve(a: &ServeArgs) -> Result<(), CliError> {
         auth_reads: a.allow_remote,
         max_watchers: a.max_watchers as usize,
     };
-    let (daemon, vocab) = host::build(&o, opts, access)?;
+    let (daemon, vocab) = a.autoscale.build(&o, || host::build(&o, opts, access))?;
     let front = http
         .map(|l| {
             crate::http::Front::load_tokenizer(&daemon)

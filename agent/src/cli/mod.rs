@@ -3,6 +3,7 @@
 
 mod ablation;
 mod agent_cmds;
+mod autoscale_args;
 mod bench;
 mod bench_http;
 mod bench_soak;

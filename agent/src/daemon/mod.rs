@@ -4,11 +4,14 @@
 //! A ticker thread turns the server's events into operation progress and an event log, builds
 //! a snapshot of the node a few times a second, and publishes what changed as a numbered update;
 //! `Watch` sends a full snapshot, then those updates (resuming from a sequence number when the
-//! client's is still in the recent ring). Scaling runs on its own thread per operation.
+//! client's is still in the recent ring). Scaling runs on its own thread per operation; with
+//! `--autoscale slo` the ticker also evaluates the SLO autoscaler ([`autoscale`]) first.
 
+pub mod autoscale;
 pub mod client;
 pub mod host;
 pub mod metrics;
+mod ops;
 mod service;
 mod snapshot;
 mod ssh;
@@ -148,6 +151,8 @@ pub(crate) struct State {
     pub autoscaler: proto::Autoscaler,
     /// The `vllm:` metrics.
     pub vllm: metrics::VllmStats,
+    /// The SLO autoscaler's state when `--autoscale slo` is on.
+    pub autoscale: Option<autoscale::Tracker>,
 }
 
 /// The daemon's shared core: the serving node and what clients see of it.
@@ -205,6 +210,7 @@ impl Daemon {
                     mode: "off".into(),
                     ..Default::default()
                 },
+                autoscale: None,
             }),
             updates,
             topology,
@@ -401,6 +407,9 @@ impl Daemon {
                 }
             }
             for f in finished {
+                if let Some(a) = st.autoscale.as_mut() {
+                    a.record(&f);
+                }
                 st.finished += 1;
                 let http = f.source == crate::serve::Source::Http;
                 st.http_finished += u64::from(http);
@@ -469,10 +478,13 @@ impl Daemon {
     }
 
     /// Tick every `period` on a thread of its own until a stop is requested (which wakes it).
+    /// Each tick first evaluates the autoscaler (on what the previous tick folded in), so its
+    /// decision is in the update the tick publishes.
     pub fn spawn_ticker(self: &Arc<Self>, period: Duration) -> std::thread::JoinHandle<()> {
         let d = Arc::clone(self);
         std::thread::spawn(move || {
             while !d.stop.load(Ordering::Acquire) {
+                d.autoscale();
                 d.tick();
                 if d.wait_or_stop(period) {
                     break;

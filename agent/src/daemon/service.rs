@@ -4,7 +4,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -13,9 +13,10 @@ use emoe_core::ParallelConfig;
 use emoe_core::plan::Policy;
 use emoe_core::scale::Strategy;
 
+use super::Daemon;
+use super::ops::Refused;
 use super::proto::agent_server::Agent;
 use super::proto::{self, watch_update::Body};
-use super::{Daemon, Op};
 
 /// The service clients talk to.
 #[derive(Clone)]
@@ -106,95 +107,6 @@ impl AgentService {
             }
         }
         Ok(())
-    }
-
-    /// Start operation `kind` on its own thread; returns its id.
-    fn start(
-        &self,
-        kind: &str,
-        to: ParallelConfig,
-        strategy: Strategy,
-        run: impl FnOnce(&Daemon, &AtomicBool) -> Result<crate::serve::ScaleReport, String>
-        + Send
-        + 'static,
-    ) -> Result<u64, Status> {
-        let d = &self.daemon;
-        let from = active_config(d)?;
-        let mut st = d.lock();
-        if let Some(id) = Daemon::running_op(&st) {
-            return Err(Status::failed_precondition(format!(
-                "operation {id} is already running: one scaling operation at a time"
-            )));
-        }
-        // The server's own flag too: an operation's record may read `done` a moment before its
-        // thread has let go of the node.
-        if d.server.is_scaling() {
-            return Err(Status::failed_precondition(
-                "an operation is already running: one scaling operation at a time",
-            ));
-        }
-        let id = st.next_op;
-        st.next_op += 1;
-        let cancel = Arc::new(AtomicBool::new(false));
-        let ts = d.server.now();
-        st.ops.insert(
-            id,
-            Op {
-                info: proto::Operation {
-                    id,
-                    kind: kind.into(),
-                    from: from.to_string(),
-                    to: to.to_string(),
-                    strategy: strategy.to_string(),
-                    phase: "planned".into(),
-                    started: ts,
-                    ..Default::default()
-                },
-                cancel: Arc::clone(&cancel),
-            },
-        );
-        let msg = format!("operation {id}: {kind} {from} → {to} ({strategy})");
-        d.log(&mut st, ts, "operation", msg);
-        drop(st);
-        let daemon = Arc::clone(d);
-        // Detached on purpose: one operation runs at a time, so at most one such thread lives
-        // (plus one finishing); its record, not its handle, carries the outcome.
-        std::thread::spawn(move || {
-            // A panic ends the operation `failed` with its message; the record never stays
-            // running (which would refuse every later operation).
-            let r =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&daemon, &cancel)))
-                    .unwrap_or_else(|p| {
-                        let why = crate::serve::panic_message(&*p);
-                        Err(format!("the operation panicked: {why}"))
-                    });
-            daemon.tick();
-            let mut st = daemon.lock();
-            let ts = daemon.server.now();
-            let msg = match &r {
-                Ok(rep) => format!("operation {id}: done in {:.3} s", rep.latency_s),
-                Err(e) => format!("operation {id}: {e}"),
-            };
-            if let Some(o) = st.ops.get_mut(&id) {
-                match &r {
-                    Ok(rep) => {
-                        o.info.phase = "done".into();
-                        o.info.latency_s = rep.latency_s;
-                    }
-                    Err(e) => {
-                        let cancelled = e.contains("cancelled");
-                        o.info.phase = if cancelled { "cancelled" } else { "failed" }.into();
-                        o.info.error = if e.is_empty() {
-                            "the operation failed without a reason".into()
-                        } else {
-                            e.clone()
-                        };
-                    }
-                }
-            }
-            daemon.log(&mut st, ts, "operation", msg);
-        });
-        Ok(id)
     }
 }
 
@@ -380,41 +292,13 @@ impl Agent for AgentService {
                 .parse::<Strategy>()
                 .map_err(|e| Status::invalid_argument(format!("strategy: {e}")))?
         };
-        // Refuse an impossible target now, with its rule, rather than as a failed operation.
-        // One operation at a time is the rule that applies first (a cold restart has no active
-        // instance to compare with while it runs).
-        if let Some(id) = Daemon::running_op(&self.daemon.lock()) {
-            return Err(Status::failed_precondition(format!(
-                "operation {id} is already running: one scaling operation at a time"
-            )));
-        }
-        let from = active_config(&self.daemon)?;
-        if from.tp() != to.tp() {
-            return Err(Status::invalid_argument(format!(
-                "TP is fixed: target {to} has TP {}, the instance runs TP {}",
-                to.tp(),
-                from.tp()
-            )));
-        }
-        // Too few devices, too little memory, a horizontal target that is not two replicas:
-        // refused here with the rule, before any operation is recorded.
+        // The checks (one operation at a time, TP fixed, the target fits) refuse an impossible
+        // target now, with its rule, rather than as a failed operation.
         let d = Arc::clone(&self.daemon);
-        tokio::task::spawn_blocking(move || d.server.check_target(strategy, to, &d.topology))
+        let id = tokio::task::spawn_blocking(move || d.begin_scale("scale", to, strategy))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| {
-                let msg = format!("target {to} ({strategy}): {e}");
-                if e.is_rule() {
-                    Status::failed_precondition(msg)
-                } else {
-                    Status::invalid_argument(msg)
-                }
-            })?;
-        let id = self.start("scale", to, strategy, move |d, cancel| {
-            d.server
-                .scale_with(strategy, to, &d.topology, cancel)
-                .map_err(|e| e.to_string())
-        })?;
+            .map_err(status)?;
         Ok(Response::new(proto::ScaleReply { operation: id }))
     }
 
@@ -465,29 +349,33 @@ impl Agent for AgentService {
                 "operation {id} is already running: one scaling operation at a time"
             )));
         }
-        let to = active_config(&self.daemon)?;
-        let id = self.start("rebalance", to, Strategy::Elastic, move |d, cancel| {
-            let load = d
-                .server
-                .expert_load()
-                .into_iter()
-                .map(|(l, v)| (l, v.into_iter().map(|x| x as f64).collect()))
-                .collect();
-            let policy = Policy::LoadAware { load, replicas };
-            let p = d
-                .server
-                .plan(to, policy, &d.topology)
-                .map_err(|e| e.to_string())?;
-            d.server.scale(&p, cancel).map_err(|e| e.to_string())
-        })?;
+        let to = self.daemon.active_config().map_err(status)?;
+        let id = self
+            .daemon
+            .start_op("rebalance", to, Strategy::Elastic, move |d, cancel| {
+                let load = d
+                    .server
+                    .expert_load()
+                    .into_iter()
+                    .map(|(l, v)| (l, v.into_iter().map(|x| x as f64).collect()))
+                    .collect();
+                let policy = Policy::LoadAware { load, replicas };
+                let p = d
+                    .server
+                    .plan(to, policy, &d.topology)
+                    .map_err(|e| e.to_string())?;
+                d.server.scale(&p, cancel).map_err(|e| e.to_string())
+            })
+            .map_err(status)?;
         Ok(Response::new(proto::ScaleReply { operation: id }))
     }
 }
 
-/// The active instance's config, or `Unavailable` while a cold restart reloads it.
-fn active_config(d: &Daemon) -> Result<ParallelConfig, Status> {
-    d.server
-        .try_active()
-        .map(|a| a.config)
-        .map_err(|e| Status::unavailable(e.to_string()))
+/// A refused start as its gRPC status.
+fn status(r: Refused) -> Status {
+    match r {
+        Refused::Busy(m) | Refused::Rule(m) => Status::failed_precondition(m),
+        Refused::Unavailable(m) => Status::unavailable(m),
+        Refused::Invalid(m) => Status::invalid_argument(m),
+    }
 }

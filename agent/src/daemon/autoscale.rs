@@ -2,12 +2,8 @@
 //! [`emoe_core::autoscale::decide`] on the requests the daemon folded in, and a decision starts
 //! an Elastic scale to the same TP with one TP group more or fewer, through the same checks as
 //! the gRPC `Scale`. Each decision, and a target that cannot fit, is an `autoscale` event.
-//!
-//! Requests queued longer than α are estimated from counts alone (the server admits in FIFO
-//! order): with `A(t)` the requests that arrived by `t` (finished + running + queued) and
-//! `D(now)` those admitted by now (finished + running), `A(now − α) − D(now)` queued requests
-//! arrived before `now − α`. The history is sampled at ticks, so `A` is taken at the last
-//! sample at or before `now − α`: a lower bound, and never more than the queue holds.
+//! Requests queued longer than α (they miss the SLO whatever happens next) are counted from the
+//! server's queue.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -23,18 +19,12 @@ use crate::serve::{FinishReason, Finished};
 
 /// Finished requests kept for the window, at most (the oldest go first).
 pub const KEEP_SAMPLES: usize = 100_000;
-/// Arrival-count samples kept over α, about (a sample is taken at most every α/512).
-const HISTORY: f64 = 512.0;
 
 /// The autoscaler's running state, in the daemon's [`State`](super::State).
 #[derive(Debug)]
 pub(crate) struct Tracker {
     cfg: Config,
     samples: VecDeque<Sample>,
-    /// `(ts, requests arrived by ts)`, for the queued-over-α estimate.
-    arrivals: VecDeque<(f64, u64)>,
-    /// Requests that left the server (finished, aborted included).
-    left: u64,
     last_decision: Option<f64>,
     /// The window starts no earlier than this: the end of the last configuration change.
     since: f64,
@@ -51,8 +41,6 @@ impl Tracker {
         Self {
             cfg,
             samples: VecDeque::new(),
-            arrivals: VecDeque::new(),
-            left: 0,
             last_decision: None,
             since: now,
             busy: false,
@@ -62,10 +50,8 @@ impl Tracker {
         }
     }
 
-    /// Fold a finished request in (from `tick`): aborted ones count as having left the
-    /// queue, not as latencies.
+    /// Fold a finished request in (from `tick`): aborted ones are not latencies.
     pub(crate) fn record(&mut self, f: &Finished) {
-        self.left += 1;
         if f.reason == FinishReason::Aborted {
             return;
         }
@@ -77,30 +63,6 @@ impl Tracker {
         });
         while self.samples.len() > KEEP_SAMPLES {
             self.samples.pop_front();
-        }
-    }
-
-    /// Requests queued longer than α, estimated (see the module's note), after recording now.
-    fn queued_over(&mut self, now: f64, queued: usize, running: usize) -> usize {
-        let admitted = self.left + running as u64;
-        let arrived = (admitted + queued as u64).max(self.arrivals.back().map_or(0, |a| a.1));
-        let alpha = self.cfg.slo.ttft_s;
-        if self
-            .arrivals
-            .back()
-            .is_none_or(|(t, _)| now - t >= alpha / HISTORY)
-        {
-            self.arrivals.push_back((now, arrived));
-        }
-        // Keep one sample at or before now − α.
-        while self.arrivals.get(1).is_some_and(|(t, _)| *t <= now - alpha) {
-            self.arrivals.pop_front();
-        }
-        match self.arrivals.front() {
-            Some((t, a)) if *t <= now - alpha => {
-                (a.saturating_sub(admitted)).min(queued as u64) as usize
-            }
-            _ => 0,
         }
     }
 }
@@ -155,6 +117,12 @@ impl Daemon {
         }
         let now = self.server.now();
         let (queued, running) = self.server.queue();
+        let alpha = self
+            .lock()
+            .autoscale
+            .as_ref()
+            .map_or(0.0, |t| t.cfg.slo.ttft_s);
+        let over = self.server.queued_before(now - alpha);
         let active = self.server.active().map(|d| d.config);
         let scaling = self.server.is_scaling();
         let mut guard = self.lock();
@@ -166,7 +134,6 @@ impl Daemon {
         if t.evaluating {
             return;
         }
-        let over = t.queued_over(now, queued, running);
         // A configuration change (ours or a client's) ends where the window starts again.
         if (t.busy && !busy) || (active.is_some() && active != t.config) {
             t.since = now;

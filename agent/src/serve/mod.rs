@@ -628,6 +628,15 @@ impl Server {
         (1.0 - free as f64 / total).clamp(0.0, 1.0)
     }
 
+    /// Requests waiting for a replica that arrived before `t` (seconds since the start).
+    pub fn queued_before(&self, t: f64) -> usize {
+        let st = self.shared.lock();
+        st.queue
+            .iter()
+            .filter(|(_, arrival, _)| *arrival < t)
+            .count()
+    }
+
     /// Requests of HTTP clients queued or running.
     pub fn sources(&self) -> SourceCounts {
         let st = self.shared.lock();

@@ -258,7 +258,8 @@ fn the_node_table_shows_each_http_endpoint() {
     assert!(row("node-00").contains("http 127.0.0.1:8000"), "{text}");
     assert!(!row("node-01").contains("http "), "{text}");
     // Narrower (`--once`'s default 120 columns, the 80-column console), the operation keeps its
-    // column and the selected node's block title carries the endpoint.
+    // column and the selected node's block title carries the endpoint; at 120 the row's link
+    // cell has the port.
     for (w, h) in [(120, 40), (80, 24)] {
         let text = render_text(&a, w, h);
         assert!(
@@ -267,6 +268,12 @@ fn the_node_table_shows_each_http_endpoint() {
         );
         if w == 120 {
             assert!(text.contains("Operation"), "{text}");
+            // The node row says where the endpoint listens, in its link cell.
+            let row = text
+                .lines()
+                .find(|l| l.contains("node-00") && l.contains("dp2tp2ep4"))
+                .unwrap_or_else(|| panic!("no row for node-00 in\n{text}"));
+            assert!(row.contains("live http:8000"), "{row}");
         }
     }
 }

@@ -49,7 +49,17 @@ fn node_table(f: &mut Frame, area: Rect, c: &Ctx, hits: &mut Hits) {
         let node = s.and_then(|s| s.node.as_ref());
         let mut cells = vec![
             Cell::from(n.name().to_string()),
-            Cell::from(Line::from(if wide { c.link(n) } else { c.link_short(n) })),
+            Cell::from(Line::from({
+                let mut link = vec![if wide { c.link(n) } else { c.link_short(n) }];
+                // Without the HTTP column the row still says where its endpoint listens.
+                if wide
+                    && !http_col
+                    && let Some(port) = http_port(n)
+                {
+                    link.push(Span::styled(format!(" http:{port}"), t.dim));
+                }
+                link
+            })),
             Cell::from(n.active().map_or("–".to_string(), |a| a.config.clone())),
         ];
         // One cell per device, its glyph the usage level.
@@ -155,6 +165,13 @@ fn node_table(f: &mut Frame, area: Rect, c: &Ctx, hits: &mut Hits) {
     if visible.len() == nodes.len() {
         hits.list = Some((list, first));
     }
+}
+
+/// The port of the node's HTTP endpoint, for the node row when there is no HTTP column.
+fn http_port(n: &crate::model::NodeView) -> Option<String> {
+    let a = n.snap.as_ref()?.node.as_ref()?.http_addr.trim();
+    let port = a.rsplit_once(':')?.1;
+    (!port.is_empty() && port.chars().all(|c| c.is_ascii_digit())).then(|| port.to_string())
 }
 
 fn device_table(f: &mut Frame, area: Rect, c: &Ctx) {

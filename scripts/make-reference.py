@@ -115,11 +115,17 @@ VARIANTS = {
         dict(DEEPSEEK, topk_method="group_limited_greedy", n_group=4, topk_group=1),
         "wrong: the engine ignores group-limited routing",
     ),
-    "qwen3_moe": ("Qwen3MoeConfig", dict(QWEN), "refused: not an MLA model"),
+    "qwen3_moe": (
+        "Qwen3MoeConfig",
+        dict(QWEN),
+        "refused: the config reader wants num_experts (transformers 5 writes num_local_experts); "
+        "the engine runs MLA models only",
+    ),
     "qwen2_moe": (
         "Qwen2MoeConfig",
         dict(QWEN, shared_expert_intermediate_size=32),
-        "refused: not an MLA model",
+        "refused: the config reader does not know qkv_bias (transformers 5); "
+        "the engine runs MLA models only",
     ),
     "mixtral": (
         "MixtralConfig",
@@ -135,7 +141,7 @@ VARIANTS = {
             num_experts_per_tok=2,
             max_position_embeddings=256,
         ),
-        "refused: not an MLA model",
+        "refused: the engine runs MLA models only",
     ),
     "deepseek_v3": (
         "DeepseekV3Config",
@@ -146,7 +152,8 @@ VARIANTS = {
             routed_scaling_factor=2.5,
             rope_interleave=True,
         ),
-        "refused: sigmoid routing with a score-correction bias (DeepSeek-V3) is not run",
+        "refused: the config reader does not know rope_interleave (transformers 5); the engine "
+        "does not run DeepSeek-V3 (sigmoid routing with a score-correction bias)",
     ),
 }
 

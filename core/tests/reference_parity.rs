@@ -125,6 +125,8 @@ struct Tally {
     greedy_stopped: usize,
     teacher_compared: usize,
     max_err: f64,
+    /// The smallest reference margin at which the engine agreed.
+    min_margin: f64,
 }
 
 fn check(fixture: &Path, r: &Reference, config: &str, tally: &mut Tally) {
@@ -185,6 +187,7 @@ fn check(fixture: &Path, r: &Reference, config: &str, tally: &mut Tally) {
                     g.logprobs[i]
                 );
                 tally.greedy_compared += 1;
+                tally.min_margin = tally.min_margin.min(g.margins[i]);
             }
             let t = &p.teacher;
             let seq: Vec<u32> = p.prompt.iter().chain(&t.continuation).copied().collect();
@@ -226,15 +229,20 @@ fn the_engine_matches_transformers_on_every_fixture() {
         let r: Reference = serde_json::from_str(&text).unwrap();
         assert!(!r.prompts.is_empty());
         for config in CONFIGS {
-            let mut t = Tally::default();
+            let mut t = Tally {
+                min_margin: f64::INFINITY,
+                ..Tally::default()
+            };
             check(&fixture, &r, config, &mut t);
             println!(
                 "{} {config} (transformers {}): {} greedy tokens and {} teacher-forced tokens \
-                 compared, {} prompts stopped at a small-margin divergence, max |Δ logprob| {:.2e}",
+                 compared (smallest margin agreed on {:.3}), {} prompts stopped at a small-margin \
+                 divergence, max |Δ logprob| {:.2e}",
                 fixture.file_name().unwrap().to_string_lossy(),
                 r.transformers,
                 t.greedy_compared,
                 t.teacher_compared,
+                t.min_margin,
                 t.greedy_stopped,
                 t.max_err
             );

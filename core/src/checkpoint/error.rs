@@ -48,6 +48,17 @@ pub enum CheckpointError {
         expected: String,
         found: String,
     },
+    #[error(
+        "tensor `{tensor}` in {}: stored as F32 for a BF16 model, and value {index} ({value}) is not a bf16 value: \
+         converting it would change the weights (save the checkpoint with bf16-representable values, or all in bf16)",
+        file.display()
+    )]
+    Inexact {
+        tensor: String,
+        file: PathBuf,
+        index: u64,
+        value: String,
+    },
     #[error("tensor `{tensor}` in {}: shape {found:?}, expected {expected:?}", file.display())]
     WrongShape {
         tensor: String,

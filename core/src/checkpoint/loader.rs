@@ -7,7 +7,7 @@ use std::fmt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use safetensors::tensor::Metadata;
+use safetensors::tensor::{Dtype, Metadata};
 use serde::Deserialize;
 
 use super::generate::safetensors_dtype;
@@ -41,7 +41,41 @@ struct TensorLoc {
     file: usize,
     start: u64,
     len: usize,
+    /// Stored as f32 where the spec has bf16: narrowed on read (see [`f32_to_bf16_exact`]).
+    widened: bool,
     reads: AtomicU64,
+}
+
+/// Largest f32 tensor converted to bf16: a router (`experts × hidden`) is at most a few MB; the
+/// whole tensor is read once at open to check it converts exactly.
+const MAX_CONVERTED_BYTES: u64 = 256 << 20;
+
+/// Narrows little-endian f32 values to bf16 when every one of them is a bf16 value (its low 16
+/// bits zero), so the conversion loses nothing; otherwise the index of the first that is not.
+/// `transformers` keeps a MoE router in f32 in an otherwise bf16 checkpoint; the engine widens
+/// bf16 weights to f32, so an exact f32 router gives the same numbers and an inexact one would
+/// silently change the routing.
+pub(crate) fn f32_to_bf16_exact(src: &[u8], dst: &mut [u8]) -> Result<(), usize> {
+    for (i, (s, d)) in src.chunks_exact(4).zip(dst.chunks_exact_mut(2)).enumerate() {
+        let bits = u32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+        if bits & 0xffff != 0 {
+            return Err(i);
+        }
+        d.copy_from_slice(&((bits >> 16) as u16).to_le_bytes());
+    }
+    Ok(())
+}
+
+fn inexact(tensor: &str, file: &Path, at: usize, src: &[u8]) -> CheckpointError {
+    let v = src
+        .get(at * 4..at * 4 + 4)
+        .map_or(f32::NAN, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    CheckpointError::Inexact {
+        tensor: tensor.to_string(),
+        file: file.to_path_buf(),
+        index: at as u64,
+        value: v.to_string(),
+    }
 }
 
 #[derive(Deserialize)]
@@ -100,7 +134,8 @@ impl Checkpoint {
                     file: path.clone(),
                 })?;
             let want = safetensors_dtype(t.dtype);
-            if info.dtype != want {
+            let widened = t.dtype == model::DType::Bf16 && info.dtype == Dtype::F32;
+            if info.dtype != want && !widened {
                 return Err(CheckpointError::WrongDType {
                     tensor: t.name.clone(),
                     file: path.clone(),
@@ -118,11 +153,16 @@ impl Checkpoint {
                 });
             }
             let (a, b) = info.data_offsets;
+            let start = *data_start + a as u64;
+            if widened {
+                check_exact(&t.name, path, &sources[file], start, b - a)?;
+            }
             index.insert(t.name.clone(), locs.len());
             locs.push(TensorLoc {
                 file,
-                start: *data_start + a as u64,
+                start,
                 len: b - a,
+                widened,
                 reads: AtomicU64::new(0),
             });
         }
@@ -206,7 +246,15 @@ impl Checkpoint {
             for (a, b) in coalesce(pt.spec.shard_byte_ranges(pack.tp, pack.rank)) {
                 let n = usize::try_from(b - a).map_err(|_| bad())?;
                 let dst = out.get_mut(w..w.saturating_add(n)).ok_or_else(bad)?;
-                src.read_at(loc.start + a, dst)?;
+                if loc.widened {
+                    // Ranges are in bf16 bytes; the file holds twice as many.
+                    let mut wide = vec![0u8; n * 2];
+                    src.read_at(loc.start + a * 2, &mut wide)?;
+                    f32_to_bf16_exact(&wide, dst)
+                        .map_err(|at| inexact(&pt.spec.name, &self.files[loc.file], at, &wide))?;
+                } else {
+                    src.read_at(loc.start + a, dst)?;
+                }
                 w += n;
             }
             let n = (w - start) as u64;
@@ -225,7 +273,7 @@ impl Checkpoint {
         self.index
             .get(&t.name)
             .map(|&i| &self.locs[i])
-            .filter(|l| l.len as u64 == t.bytes())
+            .filter(|l| l.len as u64 == t.bytes() * if l.widened { 2 } else { 1 })
             .ok_or_else(|| CheckpointError::UnknownTensor {
                 tensor: t.name.clone(),
                 dir: self.dir.clone(),
@@ -331,6 +379,30 @@ pub(crate) fn read_info(dir: &Path) -> Result<Option<GeneratedInfo>, CheckpointE
     }
 }
 
+/// Reads a whole f32 tensor stored for a bf16 one and checks it narrows exactly.
+fn check_exact(
+    tensor: &str,
+    file: &Path,
+    src: &Source,
+    start: u64,
+    len: usize,
+) -> Result<(), CheckpointError> {
+    if len as u64 > MAX_CONVERTED_BYTES {
+        return Err(CheckpointError::WrongDType {
+            tensor: tensor.to_string(),
+            file: file.to_path_buf(),
+            expected: format!(
+                "BF16 (an F32 tensor is converted only up to {MAX_CONVERTED_BYTES} bytes, this has {len})"
+            ),
+            found: "F32".into(),
+        });
+    }
+    let mut wide = vec![0u8; len];
+    src.read_at(start, &mut wide)?;
+    let mut narrow = vec![0u8; len / 2];
+    f32_to_bf16_exact(&wide, &mut narrow).map_err(|at| inexact(tensor, file, at, &wide))
+}
+
 /// Merges ranges that follow each other (`a.1 == b.0`) into one.
 fn coalesce(ranges: impl IntoIterator<Item = (u64, u64)>) -> Vec<(u64, u64)> {
     let mut out: Vec<(u64, u64)> = Vec::new();
@@ -391,4 +463,92 @@ fn parse_header(file: &Path, src: &Source) -> Result<(u64, Metadata), Checkpoint
         });
     }
     Ok((data_start, meta))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f32_bytes(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn f32_narrows_to_bf16_only_when_exact() {
+        let exact = [1.0f32, -2.5, 0.0, 3.0e-3f32];
+        // 3e-3 is not a bf16 value: round it to one first.
+        let exact: Vec<f32> = exact
+            .iter()
+            .map(|x| f32::from_bits(x.to_bits() & 0xffff_0000))
+            .collect();
+        let mut out = vec![0u8; exact.len() * 2];
+        f32_to_bf16_exact(&f32_bytes(&exact), &mut out).unwrap();
+        for (i, x) in exact.iter().enumerate() {
+            let b = u16::from_le_bytes([out[2 * i], out[2 * i + 1]]);
+            assert_eq!(f32::from_bits(u32::from(b) << 16), *x);
+        }
+        let inexact = [1.0f32, 1.0 + f32::EPSILON];
+        assert_eq!(
+            f32_to_bf16_exact(&f32_bytes(&inexact), &mut out[..4]),
+            Err(1)
+        );
+    }
+
+    /// A generated micro-moe checkpoint rewritten with layer 1's router stored as f32, the
+    /// way transformers saves a bf16 model; `poison` sets low bits of one value.
+    fn f32_router_checkpoint(poison: bool) -> (tempfile::TempDir, Vec<u8>) {
+        use safetensors::tensor::{SafeTensors, TensorView};
+        let spec = model::preset("micro-moe").unwrap().spec();
+        let dir = tempfile::tempdir().unwrap();
+        super::super::generate(&spec, 3, dir.path()).unwrap();
+        let path = dir.path().join(WEIGHTS_FILE);
+        let bytes = std::fs::read(&path).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let router = "model.layers.1.mlp.gate.weight";
+        let orig = st.tensor(router).unwrap().data().to_vec();
+        let mut wide: Vec<u8> = orig
+            .chunks_exact(2)
+            .flat_map(|b| (u32::from(u16::from_le_bytes([b[0], b[1]])) << 16).to_le_bytes())
+            .collect();
+        if poison {
+            wide[4 * 5] = 1;
+        }
+        let mut views = Vec::new();
+        for (name, t) in st.tensors() {
+            let v = if name == router {
+                TensorView::new(Dtype::F32, t.shape().to_vec(), &wide).unwrap()
+            } else {
+                TensorView::new(t.dtype(), t.shape().to_vec(), t.data()).unwrap()
+            };
+            views.push((name, v));
+        }
+        let out = safetensors::serialize(views, None).unwrap();
+        std::fs::write(&path, out).unwrap();
+        (dir, orig)
+    }
+
+    #[test]
+    fn an_exact_f32_router_is_read_as_its_bf16_bytes() {
+        let (dir, orig) = f32_router_checkpoint(false);
+        let c = Checkpoint::open(dir.path()).unwrap();
+        let spec = c.spec().clone();
+        for tp in [1, 2] {
+            let pack = &spec.non_expert_packs(tp, tp - 1)[2];
+            let mut buf = vec![0u8; pack.bytes as usize];
+            c.read_pack(pack, &mut buf).unwrap();
+            let t = pack.tensor("model.layers.1.mlp.gate.weight").unwrap();
+            let at = t.offset as usize;
+            assert_eq!(&buf[at..at + orig.len()], &orig[..]);
+        }
+    }
+
+    #[test]
+    fn an_inexact_f32_router_is_refused_at_open_naming_it() {
+        let (dir, _) = f32_router_checkpoint(true);
+        let e = Checkpoint::open(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("model.layers.1.mlp.gate.weight") && e.contains("value 5"),
+            "{e}"
+        );
+    }
 }

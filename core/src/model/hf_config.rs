@@ -224,7 +224,14 @@ pub fn from_hf_config(text: &str, name: &str) -> Result<ModelSpec, HfConfigError
     let num_kv_heads = f.u32("num_key_value_heads")?;
     let tie_word_embeddings = f.opt_bool("tie_word_embeddings")?.unwrap_or(false);
     let rms_norm_eps = f.opt_f64("rms_norm_eps")?.unwrap_or(1e-6);
-    let rope_theta = f.opt_f64("rope_theta")?.unwrap_or(10000.0);
+    let rope_theta = read_rope_theta(&mut f)?;
+    if f.opt_bool("mlp_bias")? == Some(true) {
+        return Err(HfConfigError::Unsupported {
+            field: "mlp_bias".into(),
+            value: "true".into(),
+            why: "MLP bias tensors are not part of the supported models",
+        });
+    }
     let top_k = f.u32("num_experts_per_tok")?;
     let gqa_head_dim = |f: &mut Fields| -> Result<u32, HfConfigError> {
         Ok(f.opt_u32("head_dim")?
@@ -269,13 +276,36 @@ pub fn from_hf_config(text: &str, name: &str) -> Result<ModelSpec, HfConfigError
                 shared_width(spec.num_shared_experts, spec.moe_intermediate_size)?;
             spec.first_dense_layers = f.opt_u32("first_k_dense_replace")?.unwrap_or(0);
             spec.moe_layer_freq = f.opt_u32("moe_layer_freq")?.unwrap_or(1).max(1);
+            let (nope, rope) = (f.u32("qk_nope_head_dim")?, f.u32("qk_rope_head_dim")?);
             spec.attention = Attention::Mla {
                 q_lora_rank: f.opt_u32("q_lora_rank")?,
                 kv_lora_rank: f.u32("kv_lora_rank")?,
-                qk_nope_head_dim: f.u32("qk_nope_head_dim")?,
-                qk_rope_head_dim: f.u32("qk_rope_head_dim")?,
+                qk_nope_head_dim: nope,
+                qk_rope_head_dim: rope,
                 v_head_dim: f.u32("v_head_dim")?,
             };
+            // transformers 5 writes both derived widths; accepted only when they agree.
+            if let Some(hd) = f.opt_u32("head_dim")?
+                && hd != rope
+            {
+                return Err(HfConfigError::Unsupported {
+                    field: "head_dim".into(),
+                    value: format!("{hd} (qk_rope_head_dim is {rope})"),
+                    why: "on an MLA model it is the rotary width and must equal qk_rope_head_dim",
+                });
+            }
+            if let Some(q) = f.opt_u32("qk_head_dim")?
+                && u64::from(q) != u64::from(nope) + u64::from(rope)
+            {
+                return Err(HfConfigError::Unsupported {
+                    field: "qk_head_dim".into(),
+                    value: format!(
+                        "{q} (qk_nope_head_dim + qk_rope_head_dim is {})",
+                        u64::from(nope) + u64::from(rope)
+                    ),
+                    why: "must equal qk_nope_head_dim + qk_rope_head_dim",
+                });
+            }
         }
         Family::Qwen2Moe | Family::Qwen3Moe => {
             spec.intermediate_size = f.u32("intermediate_size")?;
@@ -311,6 +341,27 @@ pub fn from_hf_config(text: &str, name: &str) -> Result<ModelSpec, HfConfigError
     validate(&spec)?;
     f.finish()?;
     Ok(spec)
+}
+
+/// `rope_theta` at the top level (transformers 4) or in `rope_parameters` (transformers 5);
+/// both present must agree.
+fn read_rope_theta(f: &mut Fields) -> Result<f64, HfConfigError> {
+    let top = f.opt_f64("rope_theta")?;
+    let nested = match f.get("rope_parameters").and_then(|p| p.get("rope_theta")) {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_f64()
+                .ok_or_else(|| wrong("rope_parameters.rope_theta", "a number", v))?,
+        ),
+    };
+    match (top, nested) {
+        (Some(a), Some(b)) if a != b => Err(HfConfigError::Unsupported {
+            field: "rope_theta".into(),
+            value: format!("{a} (rope_parameters.rope_theta is {b})"),
+            why: "the two must agree",
+        }),
+        _ => Ok(nested.or(top).unwrap_or(10000.0)),
+    }
 }
 
 fn read_dtype(f: &mut Fields) -> Result<DType, HfConfigError> {
@@ -699,5 +750,84 @@ impl ModelSpec {
             );
         }
         m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What transformers 5 writes for a tiny DeepSeek-V2 without q-LoRA (less neutral keys).
+    fn v5_deepseek() -> Value {
+        serde_json::json!({
+            "model_type": "deepseek_v2", "dtype": "bfloat16",
+            "hidden_size": 64, "intermediate_size": 128, "moe_intermediate_size": 32,
+            "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 4,
+            "vocab_size": 1024, "num_experts_per_tok": 2, "n_routed_experts": 8,
+            "n_shared_experts": 1, "first_k_dense_replace": 1, "q_lora_rank": null,
+            "kv_lora_rank": 32, "qk_nope_head_dim": 16, "qk_rope_head_dim": 8,
+            "v_head_dim": 16, "head_dim": 8, "qk_head_dim": 24, "mlp_bias": false,
+            "rope_parameters": {"rope_theta": 5000.0, "rope_type": "default"}
+        })
+    }
+
+    fn parse(v: &Value) -> Result<ModelSpec, HfConfigError> {
+        from_hf_config(&v.to_string(), "t")
+    }
+
+    fn with(key: &str, val: Value) -> Value {
+        let mut v = v5_deepseek();
+        v[key] = val;
+        v
+    }
+
+    #[test]
+    fn transformers_5_deepseek_keys_are_read() {
+        let s = parse(&v5_deepseek()).unwrap();
+        assert_eq!(s.rope_theta, 5000.0);
+        assert!(matches!(
+            s.attention,
+            Attention::Mla {
+                qk_nope_head_dim: 16,
+                qk_rope_head_dim: 8,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn inconsistent_derived_head_widths_are_refused_by_name() {
+        let e = parse(&with("head_dim", 24.into())).unwrap_err().to_string();
+        assert!(e.contains("`head_dim`") && e.contains("24"), "{e}");
+        let e = parse(&with("qk_head_dim", 16.into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`qk_head_dim`") && e.contains("16"), "{e}");
+    }
+
+    #[test]
+    fn rope_theta_from_rope_parameters_or_top_level_and_they_must_agree() {
+        let mut v = v5_deepseek();
+        v.as_object_mut().unwrap().remove("rope_parameters");
+        assert_eq!(parse(&v).unwrap().rope_theta, 10000.0);
+        v["rope_theta"] = 2000.0.into();
+        assert_eq!(parse(&v).unwrap().rope_theta, 2000.0);
+        let both = with("rope_theta", 5000.0.into());
+        assert_eq!(parse(&both).unwrap().rope_theta, 5000.0);
+        let e = parse(&with("rope_theta", 7.0.into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`rope_theta`") && e.contains("5000"), "{e}");
+        let bad = with("rope_parameters", serde_json::json!({"rope_theta": "x"}));
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("rope_parameters.rope_theta"), "{e}");
+    }
+
+    #[test]
+    fn mlp_bias_true_is_refused() {
+        let e = parse(&with("mlp_bias", true.into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`mlp_bias`"), "{e}");
     }
 }

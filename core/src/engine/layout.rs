@@ -75,6 +75,10 @@ pub struct Dims {
     pub top_k: usize,
     pub eps: f32,
     pub theta: f32,
+    /// The routed experts' weights are multiplied by this (`routed_scaling_factor`).
+    pub routed_scaling: f32,
+    /// Group-limited top-k: `(groups, groups kept)`.
+    pub groups: Option<(usize, usize)>,
 }
 
 impl Dims {
@@ -193,6 +197,8 @@ impl Layout {
             top_k: model.top_k as usize,
             eps: model.rms_norm_eps as f32,
             theta: model.rope_theta as f32,
+            routed_scaling: model.routing.scaling_factor as f32,
+            groups: model.routing.groups.map(|(n, k)| (n as usize, k as usize)),
         };
         let mut ranks = Vec::with_capacity(tp as usize);
         for r in 0..tp {

@@ -139,9 +139,40 @@ pub fn top_k(x: &[f32], k: usize) -> Vec<usize> {
     idx
 }
 
+/// Group-limited top-k (DeepSeek's `group_limited_greedy`): `x` falls in `groups` equal groups;
+/// the `kept` groups with the highest maximum are kept (ties to the lower group), and the `k`
+/// highest entries among their members are returned (ties to the lower index).
+pub fn group_limited_top_k(x: &[f32], k: usize, groups: usize, kept: usize) -> Vec<usize> {
+    let size = x.len() / groups.max(1);
+    let best: Vec<f32> = x
+        .chunks(size.max(1))
+        .map(|g| g.iter().copied().fold(f32::NEG_INFINITY, f32::max))
+        .collect();
+    let keep = top_k(&best, kept);
+    let mut idx: Vec<usize> = (0..x.len())
+        .filter(|i| keep.contains(&(i / size.max(1))))
+        .collect();
+    idx.sort_by(|&a, &b| x[b].total_cmp(&x[a]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn group_limited_top_k_takes_experts_of_the_best_groups_only() {
+        // Groups of 2: best scores 0.9 (g0), 0.5 (g1), 0.8 (g2); two kept: g0 and g2.
+        let x = [0.9, 0.1, 0.5, 0.45, 0.8, 0.7];
+        assert_eq!(group_limited_top_k(&x, 3, 3, 2), [0, 4, 5]);
+        assert_eq!(top_k(&x, 3), [0, 4, 5]);
+        assert_eq!(
+            group_limited_top_k(&x, 2, 3, 1),
+            [0, 1],
+            "one group: its two members"
+        );
+    }
 
     #[test]
     fn gemm_rows_do_not_depend_on_the_batch() {

@@ -555,8 +555,12 @@ impl Engine {
         let mut routed: Vec<Vec<(usize, f32)>> = vec![Vec::new(); e];
         for (i, row) in logits.chunks_exact_mut(e).enumerate() {
             math::softmax(row);
-            for x in math::top_k(row, d.top_k) {
-                routed[x].push((i, row[x]));
+            let chosen = match d.groups {
+                None => math::top_k(row, d.top_k),
+                Some((groups, kept)) => math::group_limited_top_k(row, d.top_k, groups, kept),
+            };
+            for x in chosen {
+                routed[x].push((i, row[x] * d.routed_scaling));
             }
         }
         let ex = self.layout.expert;

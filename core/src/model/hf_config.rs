@@ -191,6 +191,79 @@ fn wrong(field: &str, expected: &'static str, v: &Value) -> HfConfigError {
 }
 
 /// Parse a `config.json` text; `name` becomes the spec's name.
+/// DeepSeek's routing keys, each honoured or refused by name: `scoring_func` softmax,
+/// `topk_method` greedy or group_limited_greedy (with `n_group`, `topk_group`),
+/// `routed_scaling_factor`. (`norm_topk_prob` is read past: transformers' DeepSeek-V2 does not
+/// renormalise the chosen weights whatever it says.)
+fn read_deepseek_routing(
+    f: &mut Fields,
+    experts: u32,
+    top_k: u32,
+) -> Result<super::Routing, HfConfigError> {
+    let text = |f: &mut Fields, k: &'static str| -> Result<Option<String>, HfConfigError> {
+        match f.get(k) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(v) => Err(wrong(k, "a string", v)),
+        }
+    };
+    if let Some(sf) = text(f, "scoring_func")?
+        && sf != "softmax"
+    {
+        return Err(HfConfigError::Unsupported {
+            field: "scoring_func".into(),
+            value: crate::echo::echo(&sf),
+            why: "only softmax scoring is served",
+        });
+    }
+    let scaling_factor = f.opt_f64("routed_scaling_factor")?.unwrap_or(1.0);
+    if !(scaling_factor.is_finite() && scaling_factor > 0.0 && scaling_factor <= 1e6) {
+        return Err(HfConfigError::Unsupported {
+            field: "routed_scaling_factor".into(),
+            value: scaling_factor.to_string(),
+            why: "must be a positive finite number up to 1e6",
+        });
+    }
+    let n_group = f.opt_u32("n_group")?;
+    let topk_group = f.opt_u32("topk_group")?;
+    let groups = match text(f, "topk_method")?.as_deref() {
+        None | Some("greedy") => None,
+        Some("group_limited_greedy") => {
+            let (Some(n), Some(k)) = (n_group, topk_group) else {
+                return Err(HfConfigError::Unsupported {
+                    field: "topk_method".into(),
+                    value: "group_limited_greedy".into(),
+                    why: "needs n_group and topk_group",
+                });
+            };
+            let ok = n > 0
+                && experts.is_multiple_of(n)
+                && (1..=n).contains(&k)
+                && u64::from(k) * u64::from(experts / n) >= u64::from(top_k);
+            if !ok {
+                return Err(HfConfigError::Unsupported {
+                    field: "n_group".into(),
+                    value: format!("{n} (topk_group {k}, {experts} experts, top-k {top_k})"),
+                    why: "n_group must divide the experts, 1 ≤ topk_group ≤ n_group, and the \
+                          kept groups must hold at least top-k experts",
+                });
+            }
+            Some((n, k))
+        }
+        Some(other) => {
+            return Err(HfConfigError::Unsupported {
+                field: "topk_method".into(),
+                value: crate::echo::echo(other),
+                why: "only greedy and group_limited_greedy are served",
+            });
+        }
+    };
+    Ok(super::Routing {
+        scaling_factor,
+        groups,
+    })
+}
+
 pub fn from_hf_config(text: &str, name: &str) -> Result<ModelSpec, HfConfigError> {
     let root: Value = serde_json::from_str(text)?;
     let obj = root.as_object().ok_or(HfConfigError::NotObject)?;
@@ -265,6 +338,7 @@ pub fn from_hf_config(text: &str, name: &str) -> Result<ModelSpec, HfConfigError
         dtype,
         rms_norm_eps,
         rope_theta,
+        routing: super::Routing::default(),
     };
     match family {
         Family::DeepseekV2 | Family::DeepseekV3 => {
@@ -284,6 +358,7 @@ pub fn from_hf_config(text: &str, name: &str) -> Result<ModelSpec, HfConfigError
                 qk_rope_head_dim: rope,
                 v_head_dim: f.u32("v_head_dim")?,
             };
+            spec.routing = read_deepseek_routing(&mut f, spec.num_routed_experts, top_k)?;
             // transformers 5 writes both derived widths; accepted only when they agree.
             if let Some(hd) = f.opt_u32("head_dim")?
                 && hd != rope
@@ -779,6 +854,40 @@ mod tests {
         let mut v = v5_deepseek();
         v[key] = val;
         v
+    }
+
+    #[test]
+    fn deepseek_routing_is_honoured_or_refused_by_name() {
+        let plain = parse(&v5_deepseek()).unwrap().routing;
+        assert_eq!(plain, super::super::Routing::default());
+        let mut v = with("routed_scaling_factor", 2.5.into());
+        v["topk_method"] = "group_limited_greedy".into();
+        v["n_group"] = 4.into();
+        v["topk_group"] = 2.into();
+        let r = parse(&v).unwrap().routing;
+        assert_eq!((r.scaling_factor, r.groups), (2.5, Some((4, 2))));
+        for (key, val, says) in [
+            ("scoring_func", Value::from("sigmoid"), "`scoring_func`"),
+            ("topk_method", "noaux_tc".into(), "`topk_method`"),
+            (
+                "routed_scaling_factor",
+                (-1.0).into(),
+                "`routed_scaling_factor`",
+            ),
+        ] {
+            let e = parse(&with(key, val)).unwrap_err().to_string();
+            assert!(e.contains(says), "{key}: {e}");
+        }
+        let mut v = with("topk_method", "group_limited_greedy".into());
+        let e = parse(&v).unwrap_err().to_string();
+        assert!(e.contains("needs n_group and topk_group"), "{e}");
+        v["n_group"] = 3.into();
+        v["topk_group"] = 1.into();
+        let e = parse(&v).unwrap_err().to_string();
+        assert!(
+            e.contains("`n_group`") && e.contains("3 (topk_group 1"),
+            "{e}"
+        );
     }
 
     #[test]

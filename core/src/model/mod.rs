@@ -110,6 +110,28 @@ pub enum Attention {
     },
 }
 
+/// How a token's experts are chosen and weighted beyond top-k of the softmax (DeepSeek-V2 as
+/// transformers computes it: weights are the softmax probabilities of the chosen experts times
+/// `scaling_factor`, not renormalised).
+#[derive(Clone, Copy, PartialEq, Debug, Serialize, Deserialize)]
+pub struct Routing {
+    /// `routed_scaling_factor`: the routed experts' weights are multiplied by it.
+    pub scaling_factor: f64,
+    /// `topk_method = group_limited_greedy`: `(n_group, topk_group)` — the experts fall in
+    /// `n_group` equal groups, the `topk_group` groups with the highest best score are kept, and
+    /// top-k is taken among their experts only.
+    pub groups: Option<(u32, u32)>,
+}
+
+impl Default for Routing {
+    fn default() -> Self {
+        Self {
+            scaling_factor: 1.0,
+            groups: None,
+        }
+    }
+}
+
 /// The shapes of an MoE model. Construct from a [`preset`] or [`from_hf_config`].
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub struct ModelSpec {
@@ -140,6 +162,9 @@ pub struct ModelSpec {
     pub dtype: DType,
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
+    /// Expert choice and weights (plain softmax top-k unless the config says otherwise).
+    #[serde(default)]
+    pub routing: Routing,
 }
 
 impl ModelSpec {

@@ -89,6 +89,7 @@ fn deepseek_v2_family(name: &str) -> ModelSpec {
         dtype: DType::Bf16,
         rms_norm_eps: 1e-6,
         rope_theta: 10000.0,
+        routing: super::Routing::default(),
     }
 }
 
@@ -126,6 +127,7 @@ fn qwen3_30b_a3b() -> ModelSpec {
         dtype: DType::Bf16,
         rms_norm_eps: 1e-6,
         rope_theta: 1_000_000.0,
+        routing: super::Routing::default(),
     }
 }
 
@@ -160,6 +162,7 @@ fn deepseek_v3() -> ModelSpec {
         dtype: DType::Fp8E4m3,
         rms_norm_eps: 1e-6,
         rope_theta: 10000.0,
+        routing: super::Routing::default(),
     }
 }
 

@@ -359,6 +359,13 @@ pub fn from_hf_config(text: &str, name: &str) -> Result<ModelSpec, HfConfigError
                 v_head_dim: f.u32("v_head_dim")?,
             };
             spec.routing = read_deepseek_routing(&mut f, spec.num_routed_experts, top_k)?;
+            if f.opt_bool("attention_bias")? == Some(true) {
+                return Err(HfConfigError::Unsupported {
+                    field: "attention_bias".into(),
+                    value: "true".into(),
+                    why: "MLA projection biases are not loaded",
+                });
+            }
             // transformers 5 writes both derived widths; accepted only when they agree.
             if let Some(hd) = f.opt_u32("head_dim")?
                 && hd != rope
@@ -878,6 +885,11 @@ mod tests {
             let e = parse(&with(key, val)).unwrap_err().to_string();
             assert!(e.contains(says), "{key}: {e}");
         }
+        assert!(parse(&with("attention_bias", false.into())).is_ok());
+        let e = parse(&with("attention_bias", true.into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`attention_bias`"), "{e}");
         let mut v = with("topk_method", "group_limited_greedy".into());
         let e = parse(&v).unwrap_err().to_string();
         assert!(e.contains("needs n_group and topk_group"), "{e}");

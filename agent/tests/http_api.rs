@@ -94,6 +94,33 @@ impl Agent {
         events
     }
 
+    /// Stream `body` (made a streaming completion) in the background: its events, and a count
+    /// of the events so far.
+    fn spawn_stream(
+        &self,
+        body: &Value,
+    ) -> (
+        tokio::task::JoinHandle<anyhow::Result<Vec<String>>>,
+        Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        let mut sb = body.clone();
+        sb["stream"] = json!(true);
+        let addr = self.addr;
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = Arc::clone(&count);
+        let h = self.rt.spawn(async move {
+            let mut events = Vec::new();
+            client::stream(addr, "/v1/completions", None, &sb, |d, _| {
+                seen.fetch_add(1, Ordering::Relaxed);
+                events.push(d.to_string());
+                true
+            })
+            .await
+            .map(|_| events)
+        });
+        (h, count)
+    }
+
     /// Wait until `f` holds, up to a minute.
     fn until(&self, what: &str, f: impl Fn(&Daemon) -> bool) {
         let end = Instant::now() + Duration::from_secs(60);
@@ -476,21 +503,7 @@ fn a_stream_crosses_scale_up_and_down_with_the_answer_it_has_without_scaling() {
         .to_string();
     a.daemon.server().take_finished();
 
-    let mut sb = body.clone();
-    sb["stream"] = json!(true);
-    let (addr, rt_handle) = (a.addr, a.rt.handle().clone());
-    let tokens = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let t2 = Arc::clone(&tokens);
-    let stream = rt_handle.spawn(async move {
-        let mut events = Vec::new();
-        client::stream(addr, "/v1/completions", None, &sb, |d, _| {
-            t2.fetch_add(1, Ordering::Relaxed);
-            events.push(d.to_string());
-            true
-        })
-        .await
-        .map(|_| events)
-    });
+    let (stream, tokens) = a.spawn_stream(&body);
     a.until("the stream's first tokens", |_| {
         tokens.load(Ordering::Relaxed) > 0
     });
@@ -545,21 +558,7 @@ fn a_cold_restart_answers_503_while_reloading_and_a_stream_resumes_where_it_was(
         .as_str()
         .unwrap()
         .to_string();
-    let mut sb = body.clone();
-    sb["stream"] = json!(true);
-    let addr = a.addr;
-    let tokens = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let t2 = Arc::clone(&tokens);
-    let stream = a.rt.spawn(async move {
-        let mut events = Vec::new();
-        client::stream(addr, "/v1/completions", None, &sb, |d, _| {
-            t2.fetch_add(1, Ordering::Relaxed);
-            events.push(d.to_string());
-            true
-        })
-        .await
-        .map(|_| events)
-    });
+    let (stream, tokens) = a.spawn_stream(&body);
     a.until("the stream's first tokens", |_| {
         tokens.load(Ordering::Relaxed) > 0
     });
@@ -624,23 +623,7 @@ fn on_scale_down_a_stream_of_the_removed_replica_finishes_on_the_draining_instan
         })
         .collect();
     a.daemon.server().take_finished();
-    let streams: Vec<_> = bodies
-        .iter()
-        .map(|b| {
-            let mut sb = b.clone();
-            sb["stream"] = json!(true);
-            let addr = a.addr;
-            a.rt.spawn(async move {
-                let mut events = Vec::new();
-                client::stream(addr, "/v1/completions", None, &sb, |d, _| {
-                    events.push(d.to_string());
-                    true
-                })
-                .await
-                .map(|_| events)
-            })
-        })
-        .collect();
+    let streams: Vec<_> = bodies.iter().map(|b| a.spawn_stream(b).0).collect();
     a.until("both streams running, one per replica", |d| {
         d.server().running_by_instance().get(&1) == Some(&2)
     });

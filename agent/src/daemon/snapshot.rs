@@ -124,7 +124,7 @@ impl Daemon {
             })
             .collect();
         let (queued, running) = server.queue();
-        let sources = server.sources();
+        let http_in_flight = server.http_in_flight();
         let node = self.node();
         // A bounded copy taken under the lock; the statistics are computed outside it.
         let (metrics, finished) = {
@@ -155,7 +155,7 @@ impl Daemon {
             tpot_p50_s: all.tpot.as_ref().map_or(0.0, |s| s.p50),
             tpot_p99_s: all.tpot.as_ref().map_or(0.0, |s| s.p99),
             slo_attainment: all.slo_attainment,
-            http_running: sources.http_running,
+            http_running: http_in_flight,
             http_finished: st.http_finished,
             http_requests_per_s: recent_http as f64 / ts.clamp(1e-9, 10.0),
             synthetic_requests_per_s: recent_synthetic as f64 / ts.clamp(1e-9, 10.0),

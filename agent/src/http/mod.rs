@@ -11,7 +11,6 @@ mod request;
 mod response;
 
 pub use error::{ApiError, Kind};
-pub use generate::StopScan;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -398,13 +398,6 @@ pub enum ServeError {
     TooLong { need: usize, tokens: u64, have: u32 },
 }
 
-/// Requests by source, now.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SourceCounts {
-    /// Requests of HTTP clients queued or running.
-    pub http_running: u64,
-}
-
 /// A serving node: the HMM, its instances and their workers.
 pub struct Server {
     shared: Arc<Shared>,
@@ -638,21 +631,11 @@ impl Server {
     }
 
     /// Requests of HTTP clients queued or running.
-    pub fn sources(&self) -> SourceCounts {
+    pub fn http_in_flight(&self) -> u64 {
         let st = self.shared.lock();
-        let queued = st
-            .queue
-            .iter()
-            .filter(|(_, _, r)| r.source == Source::Http)
-            .count();
-        let running = st
-            .running
-            .values()
-            .filter(|r| r.source == Source::Http)
-            .count();
-        SourceCounts {
-            http_running: (queued + running) as u64,
-        }
+        let queued = st.queue.iter().filter(|(_, _, r)| r.source == Source::Http);
+        let running = st.running.values().filter(|r| r.source == Source::Http);
+        (queued.count() + running.count()) as u64
     }
 
     /// End request `id`: dropped from the queue, or finished with [`FinishReason::Aborted`] and

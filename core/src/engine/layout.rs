@@ -3,6 +3,8 @@
 //! expert pack (the same for every expert); and the KV cache's block layout.
 
 use super::EngineError;
+use super::rope::Rope;
+use super::routing::Rule;
 use crate::model::{Attention, Family, ModelSpec, Pack, PackedTensor};
 
 /// A 2-D bf16 matrix (a 1-D vector has `rows == 1`) inside a reservation slot.
@@ -31,7 +33,53 @@ pub struct Mlp {
 #[derive(Clone, Copy, Debug)]
 pub enum Ffn {
     Dense(Mlp),
-    Moe { router: Mat, shared: Option<Mlp> },
+    Moe {
+        router: Mat,
+        /// DeepSeek-V3's `e_score_correction_bias` (`[experts]`, stored as f32).
+        correction_bias: Option<Mat>,
+        shared: Option<Mlp>,
+        /// Qwen2-MoE's `shared_expert_gate` (`[1, h]`): the shared expert's output is scaled
+        /// by `sigmoid(gate · x)`.
+        shared_gate: Option<Mat>,
+    },
+}
+
+/// MLA's query projection: direct (DeepSeek-V2-Lite) or through a low-rank latent.
+#[derive(Clone, Copy, Debug)]
+pub enum QProj {
+    /// `[heads_r × (nope + rope), h]`
+    Direct(Mat),
+    /// `q_a_proj` `[q_lora, h]` (replicated), `q_a_layernorm`, `q_b_proj`
+    /// `[heads_r × (nope + rope), q_lora]`.
+    Lora { a: Mat, norm: Mat, b: Mat },
+}
+
+/// One layer's attention tensors on one TP rank.
+#[derive(Clone, Copy, Debug)]
+pub enum AttnMats {
+    Mla {
+        q: QProj,
+        /// `[kv_lora + rope, h]`, replicated
+        kv_a: Mat,
+        kv_a_norm: Mat,
+        /// `[heads_r × (nope + v), kv_lora]`
+        kv_b: Mat,
+        /// `[h, heads_r × v]`
+        o: Mat,
+    },
+    Gqa {
+        /// `[heads_r × head_dim, h]`
+        q: Mat,
+        /// `[kv_heads_r × head_dim, h]` each
+        k: Mat,
+        v: Mat,
+        /// `[h, heads_r × head_dim]`
+        o: Mat,
+        /// Qwen2-MoE's q, k and v biases.
+        bias: Option<[Mat; 3]>,
+        /// Qwen3-MoE's per-head RMSNorm of q and k (`[head_dim]` each).
+        qk_norm: Option<[Mat; 2]>,
+    },
 }
 
 /// One layer's tensors on one TP rank.
@@ -39,15 +87,7 @@ pub enum Ffn {
 pub struct LayerMats {
     pub input_norm: Mat,
     pub post_norm: Mat,
-    /// `[heads_r × (nope + rope), h]`
-    pub q: Mat,
-    /// `[kv_lora + rope, h]`, replicated
-    pub kv_a: Mat,
-    pub kv_a_norm: Mat,
-    /// `[heads_r × (nope + v), kv_lora]`
-    pub kv_b: Mat,
-    /// `[h, heads_r × v]`
-    pub o: Mat,
+    pub attn: AttnMats,
     pub ffn: Ffn,
 }
 
@@ -62,29 +102,45 @@ pub struct RankMats {
     pub layers: Vec<LayerMats>,
 }
 
-/// Dimensions of the MLA attention the engine runs.
+/// The attention's dimensions on one TP rank.
+#[derive(Clone, Copy, Debug)]
+pub enum AttnDims {
+    Mla {
+        nope: usize,
+        rope: usize,
+        v: usize,
+        kv_lora: usize,
+        /// `None` without q-LoRA.
+        q_lora: Option<usize>,
+    },
+    Gqa {
+        head_dim: usize,
+        kv_heads_per_rank: usize,
+    },
+}
+
+/// Dimensions of the model the engine runs, on one TP rank.
 #[derive(Clone, Copy, Debug)]
 pub struct Dims {
     pub hidden: usize,
     pub heads_per_rank: usize,
-    pub nope: usize,
-    pub rope: usize,
-    pub v: usize,
-    pub kv_lora: usize,
+    pub attn: AttnDims,
     pub experts: usize,
-    pub top_k: usize,
     pub eps: f32,
-    pub theta: f32,
-    /// The routed experts' weights are multiplied by this (`routed_scaling_factor`).
-    pub routed_scaling: f32,
-    /// Group-limited top-k: `(groups, groups kept)`.
-    pub groups: Option<(usize, usize)>,
+    pub route: Rule,
 }
 
 impl Dims {
-    /// Values cached per token and layer: the compressed KV and the shared rotary key.
+    /// Values cached per token and layer on one rank: MLA's compressed KV and shared rotary
+    /// key; GQA's keys then values of the rank's KV heads.
     pub fn kv_width(&self) -> usize {
-        self.kv_lora + self.rope
+        match self.attn {
+            AttnDims::Mla { kv_lora, rope, .. } => kv_lora + rope,
+            AttnDims::Gqa {
+                head_dim,
+                kv_heads_per_rank,
+            } => 2 * kv_heads_per_rank * head_dim,
+        }
     }
 }
 
@@ -118,6 +174,7 @@ impl KvLayout {
 pub struct Layout {
     pub tp: u32,
     pub dims: Dims,
+    pub rope: Rope,
     pub ranks: Vec<RankMats>,
     /// Offsets inside an expert pack (slot 0-relative; add the slot's offset).
     pub expert: Mlp,
@@ -155,6 +212,84 @@ fn mlp(pack: &Pack, slot: usize, prefix: &str) -> Result<Mlp, EngineError> {
     })
 }
 
+/// MLA's dimensions, or why the engine cannot run `model`'s MLA under TP `tp`.
+fn mla_dims(model: &ModelSpec, tp: u32) -> Result<(AttnDims, Rope), EngineError> {
+    let Attention::Mla {
+        q_lora_rank,
+        kv_lora_rank,
+        qk_nope_head_dim,
+        qk_rope_head_dim,
+        v_head_dim,
+    } = model.attention
+    else {
+        unreachable!("mla_dims on a GQA model")
+    };
+    if q_lora_rank.is_some() {
+        return Err(unsupported(format!(
+            "{} uses q-LoRA; the engine runs MLA without q-LoRA",
+            model.name
+        )));
+    }
+    if !model.num_attention_heads.is_multiple_of(tp) {
+        return Err(unsupported(format!(
+            "{} attention heads do not split evenly over TP {tp}",
+            model.num_attention_heads
+        )));
+    }
+    if !qk_rope_head_dim.is_multiple_of(2) {
+        return Err(unsupported("the rotary head dim must be even"));
+    }
+    let dims = AttnDims::Mla {
+        nope: qk_nope_head_dim as usize,
+        rope: qk_rope_head_dim as usize,
+        v: v_head_dim as usize,
+        kv_lora: kv_lora_rank as usize,
+        q_lora: q_lora_rank.map(|r| r as usize),
+    };
+    let rope = Rope::plain(qk_rope_head_dim as usize, model.rope_theta as f32);
+    Ok((dims, rope))
+}
+
+/// Layer `p`'s MLA tensors in `pack`.
+fn mla_mats(pack: &Pack, slot: usize, p: &str) -> Result<AttnMats, EngineError> {
+    let a = format!("{p}.self_attn");
+    Ok(AttnMats::Mla {
+        q: QProj::Direct(find(pack, slot, &format!("{a}.q_proj.weight"))?),
+        kv_a: find(pack, slot, &format!("{a}.kv_a_proj_with_mqa.weight"))?,
+        kv_a_norm: find(pack, slot, &format!("{a}.kv_a_layernorm.weight"))?,
+        kv_b: find(pack, slot, &format!("{a}.kv_b_proj.weight"))?,
+        o: find(pack, slot, &format!("{a}.o_proj.weight"))?,
+    })
+}
+
+/// GQA's dimensions, or why the engine cannot run `model`'s GQA under TP `tp`.
+fn gqa_dims(model: &ModelSpec, _tp: u32) -> Result<(AttnDims, Rope), EngineError> {
+    Err(unsupported(format!(
+        "{} uses GQA attention; the engine runs MLA",
+        model.name
+    )))
+}
+
+/// Layer `p`'s GQA tensors in `pack`.
+fn gqa_mats(_pack: &Pack, _slot: usize, p: &str) -> Result<AttnMats, EngineError> {
+    Err(unsupported(format!("{p}: GQA attention is not served")))
+}
+
+/// Layer `p`'s MoE tensors (router, shared experts) in `pack`.
+fn moe_mats(model: &ModelSpec, pack: &Pack, slot: usize, p: &str) -> Result<Ffn, EngineError> {
+    let shared = if model.shared_expert_intermediate_size > 0 {
+        Some(mlp(pack, slot, &format!("{p}.mlp.shared_experts"))?)
+    } else {
+        None
+    };
+    Ok(Ffn::Moe {
+        router: find(pack, slot, &format!("{p}.mlp.gate.weight"))?,
+        correction_bias: None,
+        shared,
+        shared_gate: None,
+    })
+}
+
 impl Layout {
     /// The layout of `model` under TP `tp`, or why the engine cannot run it.
     pub fn new(model: &ModelSpec, tp: u32) -> Result<Self, EngineError> {
@@ -164,41 +299,19 @@ impl Layout {
                 model.name, model.family
             )));
         }
-        let Attention::Mla {
-            q_lora_rank: None,
-            kv_lora_rank,
-            qk_nope_head_dim,
-            qk_rope_head_dim,
-            v_head_dim,
-        } = model.attention
-        else {
-            return Err(unsupported(format!(
-                "{} uses q-LoRA or GQA attention; the engine runs MLA without q-LoRA",
-                model.name
-            )));
+        let mla = matches!(model.attention, Attention::Mla { .. });
+        let (attn, rope) = if mla {
+            mla_dims(model, tp)?
+        } else {
+            gqa_dims(model, tp)?
         };
-        if !model.num_attention_heads.is_multiple_of(tp) {
-            return Err(unsupported(format!(
-                "{} attention heads do not split evenly over TP {tp}",
-                model.num_attention_heads
-            )));
-        }
-        if !qk_rope_head_dim.is_multiple_of(2) {
-            return Err(unsupported("the rotary head dim must be even"));
-        }
         let dims = Dims {
             hidden: model.hidden_size as usize,
             heads_per_rank: (model.num_attention_heads / tp) as usize,
-            nope: qk_nope_head_dim as usize,
-            rope: qk_rope_head_dim as usize,
-            v: v_head_dim as usize,
-            kv_lora: kv_lora_rank as usize,
+            attn,
             experts: model.num_routed_experts as usize,
-            top_k: model.top_k as usize,
             eps: model.rms_norm_eps as f32,
-            theta: model.rope_theta as f32,
-            routed_scaling: model.routing.scaling_factor as f32,
-            groups: model.routing.groups.map(|(n, k)| (n as usize, k as usize)),
+            route: Rule::new(&model.routing, model.top_k),
         };
         let mut ranks = Vec::with_capacity(tp as usize);
         for r in 0..tp {
@@ -219,30 +332,18 @@ impl Layout {
                     .ok_or_else(|| unsupported(format!("layer {l} has no pack")))?;
                 let p = format!("model.layers.{l}");
                 let ffn = if model.is_moe_layer(l) {
-                    let shared = if model.shared_expert_intermediate_size > 0 {
-                        Some(mlp(pack, slot, &format!("{p}.mlp.shared_experts"))?)
-                    } else {
-                        None
-                    };
-                    Ffn::Moe {
-                        router: find(pack, slot, &format!("{p}.mlp.gate.weight"))?,
-                        shared,
-                    }
+                    moe_mats(model, pack, slot, &p)?
                 } else {
                     Ffn::Dense(mlp(pack, slot, &format!("{p}.mlp"))?)
                 };
                 layers.push(LayerMats {
                     input_norm: find(pack, slot, &format!("{p}.input_layernorm.weight"))?,
                     post_norm: find(pack, slot, &format!("{p}.post_attention_layernorm.weight"))?,
-                    q: find(pack, slot, &format!("{p}.self_attn.q_proj.weight"))?,
-                    kv_a: find(
-                        pack,
-                        slot,
-                        &format!("{p}.self_attn.kv_a_proj_with_mqa.weight"),
-                    )?,
-                    kv_a_norm: find(pack, slot, &format!("{p}.self_attn.kv_a_layernorm.weight"))?,
-                    kv_b: find(pack, slot, &format!("{p}.self_attn.kv_b_proj.weight"))?,
-                    o: find(pack, slot, &format!("{p}.self_attn.o_proj.weight"))?,
+                    attn: if mla {
+                        mla_mats(pack, slot, &p)?
+                    } else {
+                        gqa_mats(pack, slot, &p)?
+                    },
                     ffn,
                 });
             }
@@ -260,6 +361,7 @@ impl Layout {
         Ok(Self {
             tp,
             dims,
+            rope,
             ranks,
             expert,
             moe_layers: (0..model.num_layers)

@@ -119,18 +119,6 @@ pub fn softmax(x: &mut [f32]) {
     }
 }
 
-/// Rotary position embedding of one head vector (pairs `(2i, 2i+1)`) at position `pos`.
-pub fn rope(v: &mut [f32], pos: u32, theta: f32) {
-    let d = v.len();
-    for i in 0..d / 2 {
-        let freq = theta.powf(-2.0 * i as f32 / d as f32);
-        let (s, c) = (pos as f32 * freq).sin_cos();
-        let (a, b) = (v[2 * i], v[2 * i + 1]);
-        v[2 * i] = a * c - b * s;
-        v[2 * i + 1] = a * s + b * c;
-    }
-}
-
 /// Indices of the `k` largest values, largest first; ties go to the lower index.
 pub fn top_k(x: &[f32], k: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..x.len()).collect();
@@ -210,8 +198,5 @@ mod tests {
         let mut f = Vec::new();
         widen(&b, &mut f);
         assert_eq!(f, [1.5, -2.0]);
-        let mut v = vec![1.0, 0.0];
-        rope(&mut v, 0, 10000.0);
-        assert_eq!(v, [1.0, 0.0]);
     }
 }

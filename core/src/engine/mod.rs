@@ -13,12 +13,19 @@
 //! on the model's bytes and its own prompt — not on the config, the replica, the batch or where
 //! an expert lives. That is what lets the tests compare answers bit for bit across scaling.
 
+mod ffn;
+mod gqa;
 mod layout;
 pub mod math;
+mod mla;
+pub mod rope;
+pub mod routing;
 
 use std::collections::BTreeMap;
 
-pub use layout::{Dims, Ffn, KvLayout, LayerMats, Layout, Mat, Mlp, RankMats};
+pub use layout::{
+    AttnDims, AttnMats, Dims, Ffn, KvLayout, LayerMats, Layout, Mat, Mlp, QProj, RankMats,
+};
 
 use crate::deploy::{Deployment, DeviceRegions};
 use crate::hmm::{Hmm, HmmError, ReservationId};
@@ -325,7 +332,14 @@ impl Engine {
             let l0 = &lay.ranks[0].layers[l];
             Self::mat(hmm, devs[0], &l0.input_norm, &mut sc.w)?;
             math::rms_norm(&x, &sc.w, d.eps, &mut xn);
-            let attn = self.attention(hmm, &devs, l, &xn, batch, &kv, &mut sc)?;
+            let attn = match d.attn {
+                AttnDims::Mla { .. } => {
+                    self.mla_attention(hmm, &devs, l, &xn, batch, &kv, &mut sc)?
+                }
+                AttnDims::Gqa { .. } => {
+                    self.gqa_attention(hmm, &devs, l, &xn, batch, &kv, &mut sc)?
+                }
+            };
             for (a, o) in x.iter_mut().zip(&attn) {
                 *a += o;
             }
@@ -338,7 +352,7 @@ impl Engine {
                         *a += o;
                     }
                 }
-                Ffn::Moe { router, shared } => {
+                Ffn::Moe { router, shared, .. } => {
                     let (y, counts) =
                         self.moe(hmm, devs[0], &experts, l as u32, &router, &xn, b, &mut sc)?;
                     for (a, o) in x.iter_mut().zip(&y) {
@@ -390,220 +404,5 @@ impl Engine {
             .map(|((f, s), next)| f.map(|row| logprobs_of(&row, *next, s.logprobs.unwrap_or(0))))
             .collect();
         Ok(out)
-    }
-
-    /// MLA attention of layer `l`: every rank appends the new tokens' compressed KV to its
-    /// device's cache and attends over the whole context; outputs summed in rank order.
-    #[allow(clippy::too_many_arguments)]
-    fn attention(
-        &self,
-        hmm: &Hmm,
-        devs: &[&DeviceRegions],
-        l: usize,
-        xn: &[f32],
-        batch: &[StepInput<'_>],
-        kv: &KvLayout,
-        sc: &mut Scratch,
-    ) -> Result<Vec<f32>, EngineError> {
-        let d = self.layout.dims;
-        let (b, h) = (batch.len(), d.hidden);
-        let (hr, qh, kvw) = (d.heads_per_rank, d.nope + d.rope, d.kv_width());
-        let scale = 1.0 / (qh as f32).sqrt();
-        let mut attn = vec![0.0f32; b * h];
-        let mut q = vec![0.0f32; b * hr * qh];
-        let mut c = vec![0.0f32; b * kvw];
-        let mut a = vec![0.0f32; b * hr * d.v];
-        let mut norm = Vec::new();
-        let mut ctx_vals = Vec::new();
-        for (r, dev) in devs.iter().enumerate() {
-            let lm = &self.layout.ranks[r].layers[l];
-            Self::mat(hmm, dev, &lm.q, &mut sc.w)?;
-            math::matmul_t(xn, b, h, &sc.w, hr * qh, &mut q);
-            Self::mat(hmm, dev, &lm.kv_a, &mut sc.w)?;
-            math::matmul_t(xn, b, h, &sc.w, kvw, &mut c);
-            Self::mat(hmm, dev, &lm.kv_a_norm, &mut sc.w2)?;
-            // Append each token's [norm(c_kv), rope(k_rope)] to its block.
-            for (i, s) in batch.iter().enumerate() {
-                let row = &mut c[i * kvw..(i + 1) * kvw];
-                math::rms_norm(&row[..d.kv_lora], &sc.w2, d.eps, &mut norm);
-                row[..d.kv_lora].copy_from_slice(&norm);
-                math::rope(&mut row[d.kv_lora..], s.pos, d.theta);
-                math::narrow(row, &mut sc.bytes);
-                let block = s.blocks[(s.pos / kv.block_tokens) as usize];
-                let at = kv.offset(block, l as u32, s.pos % kv.block_tokens);
-                hmm.write_view(dev.kv, at, &sc.bytes)?;
-            }
-            Self::mat(hmm, dev, &lm.kv_b, &mut sc.w)?; // [hr·(nope+v), kv_lora]
-            Self::mat(hmm, dev, &lm.o, &mut sc.w3)?; // [h, hr·v]
-            for (i, s) in batch.iter().enumerate() {
-                // The context, read back from the cache (bf16 as stored).
-                let ctx = (s.pos + 1) as usize;
-                sc.bytes.resize(ctx * kvw * 2, 0);
-                let mut done = 0usize;
-                for &block in s.blocks {
-                    if done >= ctx {
-                        break;
-                    }
-                    let n = (ctx - done).min(kv.block_tokens as usize);
-                    let at = kv.offset(block, l as u32, 0);
-                    hmm.read_view(
-                        dev.kv,
-                        at,
-                        &mut sc.bytes[done * kvw * 2..(done + n) * kvw * 2],
-                    )?;
-                    done += n;
-                }
-                math::widen(&sc.bytes, &mut ctx_vals); // [ctx, kvw]
-                for hh in 0..hr {
-                    let qrow = &q[(i * hr + hh) * qh..(i * hr + hh + 1) * qh];
-                    let w_uk = &sc.w[hh * (d.nope + d.v) * d.kv_lora..][..d.nope * d.kv_lora];
-                    let w_uv =
-                        &sc.w[(hh * (d.nope + d.v) + d.nope) * d.kv_lora..][..d.v * d.kv_lora];
-                    // Absorbed query [W_UKᵀ q_nope, rope(q_rope)] against [c_kv, k_rope].
-                    let mut qa = vec![0.0f32; kvw];
-                    math::matmul(
-                        &qrow[..d.nope],
-                        1,
-                        d.nope,
-                        w_uk,
-                        d.kv_lora,
-                        &mut qa[..d.kv_lora],
-                    );
-                    qa[d.kv_lora..].copy_from_slice(&qrow[d.nope..]);
-                    math::rope(&mut qa[d.kv_lora..], s.pos, d.theta);
-                    let mut scores = vec![0.0f32; ctx];
-                    math::matmul_t(&qa, 1, kvw, &ctx_vals, ctx, &mut scores);
-                    for v in &mut scores {
-                        *v *= scale;
-                    }
-                    math::softmax(&mut scores);
-                    let mut mixed = vec![0.0f32; kvw];
-                    math::matmul(&scores, 1, ctx, &ctx_vals, kvw, &mut mixed);
-                    let out = &mut a[(i * hr + hh) * d.v..(i * hr + hh + 1) * d.v];
-                    math::matmul_t(&mixed[..d.kv_lora], 1, d.kv_lora, w_uv, d.v, out);
-                }
-            }
-            let mut o = vec![0.0f32; b * h];
-            math::matmul_t(&a, b, hr * d.v, &sc.w3, h, &mut o);
-            for (x, y) in attn.iter_mut().zip(&o) {
-                *x += y;
-            }
-        }
-        Ok(attn)
-    }
-
-    /// A TP-sharded SwiGLU MLP (the dense one, or the shared experts), summed in rank order.
-    #[allow(clippy::too_many_arguments)]
-    fn tp_mlp(
-        &self,
-        hmm: &Hmm,
-        devs: &[&DeviceRegions],
-        l: usize,
-        shared: bool,
-        xn: &[f32],
-        b: usize,
-        sc: &mut Scratch,
-    ) -> Result<Vec<f32>, EngineError> {
-        let h = self.layout.dims.hidden;
-        let mut y = vec![0.0f32; b * h];
-        for (r, dev) in devs.iter().enumerate() {
-            let mlp = match self.layout.ranks[r].layers[l].ffn {
-                Ffn::Dense(m) if !shared => m,
-                Ffn::Moe {
-                    shared: Some(m), ..
-                } if shared => m,
-                _ => continue,
-            };
-            let w = mlp.gate.rows;
-            let mut g = vec![0.0f32; b * w];
-            let mut u = vec![0.0f32; b * w];
-            Self::mat(hmm, dev, &mlp.gate, &mut sc.w)?;
-            math::matmul_t(xn, b, h, &sc.w, w, &mut g);
-            Self::mat(hmm, dev, &mlp.up, &mut sc.w)?;
-            math::matmul_t(xn, b, h, &sc.w, w, &mut u);
-            math::swiglu(&mut g, &u);
-            Self::mat(hmm, dev, &mlp.down, &mut sc.w)?;
-            let mut o = vec![0.0f32; b * h];
-            math::matmul_t(&g, b, w, &sc.w, h, &mut o);
-            for (a, v) in y.iter_mut().zip(&o) {
-                *a += v;
-            }
-        }
-        Ok(y)
-    }
-
-    /// Router, top-k and the routed experts of MoE layer `l`, combined per token in expert-id
-    /// order. Returns the output and each expert's token count.
-    #[allow(clippy::too_many_arguments)]
-    fn moe(
-        &self,
-        hmm: &Hmm,
-        dev0: &DeviceRegions,
-        experts: &ExpertIndex,
-        l: u32,
-        router: &Mat,
-        xn: &[f32],
-        b: usize,
-        sc: &mut Scratch,
-    ) -> Result<(Vec<f32>, Vec<u32>), EngineError> {
-        let d = self.layout.dims;
-        let (h, e) = (d.hidden, d.experts);
-        Self::mat(hmm, dev0, router, &mut sc.w)?;
-        let mut logits = vec![0.0f32; b * e];
-        math::matmul_t(xn, b, h, &sc.w, e, &mut logits);
-        // Per expert, the tokens routed to it and their weights (softmax probabilities).
-        let mut routed: Vec<Vec<(usize, f32)>> = vec![Vec::new(); e];
-        for (i, row) in logits.chunks_exact_mut(e).enumerate() {
-            math::softmax(row);
-            let chosen = match d.groups {
-                None => math::top_k(row, d.top_k),
-                Some((groups, kept)) => math::group_limited_top_k(row, d.top_k, groups, kept),
-            };
-            for x in chosen {
-                routed[x].push((i, row[x] * d.routed_scaling));
-            }
-        }
-        let ex = self.layout.expert;
-        let mi = ex.gate.rows;
-        let mut y = vec![0.0f32; b * h];
-        let mut counts = vec![0u32; e];
-        for (x, toks) in routed.iter().enumerate() {
-            if toks.is_empty() {
-                continue;
-            }
-            counts[x] = toks.len() as u32;
-            let &(res, slot) = experts
-                .get(&(l, x as u32))
-                .ok_or(EngineError::ExpertMissing {
-                    layer: l,
-                    expert: x as u32,
-                })?;
-            let n = toks.len();
-            let mut xe = Vec::with_capacity(n * h);
-            for (i, _) in toks {
-                xe.extend_from_slice(&xn[i * h..(i + 1) * h]);
-            }
-            let read = |m: &Mat, out: &mut Vec<f32>| -> Result<(), EngineError> {
-                let bytes = hmm.view_range(res, slot + m.offset, m.rows * m.cols * 2)?;
-                math::widen(bytes, out);
-                Ok(())
-            };
-            let mut g = vec![0.0f32; n * mi];
-            let mut u = vec![0.0f32; n * mi];
-            read(&ex.gate, &mut sc.w)?;
-            math::matmul_t(&xe, n, h, &sc.w, mi, &mut g);
-            read(&ex.up, &mut sc.w)?;
-            math::matmul_t(&xe, n, h, &sc.w, mi, &mut u);
-            math::swiglu(&mut g, &u);
-            read(&ex.down, &mut sc.w)?;
-            let mut o = vec![0.0f32; n * h];
-            math::matmul_t(&g, n, mi, &sc.w, h, &mut o);
-            for (k, (i, w)) in toks.iter().enumerate() {
-                for (a, v) in y[i * h..(i + 1) * h].iter_mut().zip(&o[k * h..(k + 1) * h]) {
-                    *a += w * v;
-                }
-            }
-        }
-        Ok((y, counts))
     }
 }

@@ -261,6 +261,7 @@ fn read_deepseek_routing(
     Ok(super::Routing {
         scaling_factor,
         groups,
+        ..super::Routing::default()
     })
 }
 

@@ -110,24 +110,58 @@ pub enum Attention {
     },
 }
 
-/// How a token's experts are chosen and weighted beyond top-k of the softmax (DeepSeek-V2 as
-/// transformers computes it: weights are the softmax probabilities of the chosen experts times
-/// `scaling_factor`, not renormalised).
+/// How a router's logits become scores (`scoring_func`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scoring {
+    #[default]
+    Softmax,
+    /// DeepSeek-V3: each expert's score is `sigmoid(logit)`.
+    Sigmoid,
+}
+
+/// How a group of experts is ranked under group-limited top-k.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupRank {
+    /// DeepSeek-V2 `group_limited_greedy`: the group's best score.
+    #[default]
+    Max,
+    /// DeepSeek-V3 `noaux_tc`: the sum of the group's two best (bias-corrected) scores.
+    TopTwoSum,
+}
+
+/// How a token's experts are chosen and weighted. The default is DeepSeek-V2 as transformers
+/// computes it: the softmax probabilities of the top-k experts, not renormalised, times
+/// `scaling_factor`.
 #[derive(Clone, Copy, PartialEq, Debug, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Routing {
-    /// `routed_scaling_factor`: the routed experts' weights are multiplied by it.
-    pub scaling_factor: f64,
-    /// `topk_method = group_limited_greedy`: `(n_group, topk_group)` — the experts fall in
-    /// `n_group` equal groups, the `topk_group` groups with the highest best score are kept, and
-    /// top-k is taken among their experts only.
+    pub scoring: Scoring,
+    /// DeepSeek-V3's `e_score_correction_bias`: added to the scores to choose the experts (not
+    /// to weight them).
+    pub correction_bias: bool,
+    /// Group-limited top-k: `(n_group, topk_group)` — the experts fall in `n_group` equal
+    /// groups, the `topk_group` best groups (ranked by `group_rank`) are kept, and top-k is
+    /// taken among their experts only.
     pub groups: Option<(u32, u32)>,
+    pub group_rank: GroupRank,
+    /// The chosen experts' weights are divided by their sum (`norm_topk_prob`; Mixtral always).
+    pub normalize: bool,
+    /// `routed_scaling_factor`: the routed experts' weights are multiplied by it (after any
+    /// normalisation).
+    pub scaling_factor: f64,
 }
 
 impl Default for Routing {
     fn default() -> Self {
         Self {
-            scaling_factor: 1.0,
+            scoring: Scoring::Softmax,
+            correction_bias: false,
             groups: None,
+            group_rank: GroupRank::Max,
+            normalize: false,
+            scaling_factor: 1.0,
         }
     }
 }

@@ -224,6 +224,12 @@ fn mla_dims(model: &ModelSpec, tp: u32) -> Result<(AttnDims, Rope), EngineError>
     else {
         unreachable!("mla_dims on a GQA model")
     };
+    if model.family != Family::DeepseekV2 {
+        return Err(unsupported(format!(
+            "{} is {}: the engine's MLA runs DeepSeek-V2",
+            model.name, model.family
+        )));
+    }
     if q_lora_rank.is_some() {
         return Err(unsupported(format!(
             "{} uses q-LoRA; the engine runs MLA without q-LoRA",
@@ -293,12 +299,6 @@ fn moe_mats(model: &ModelSpec, pack: &Pack, slot: usize, p: &str) -> Result<Ffn,
 impl Layout {
     /// The layout of `model` under TP `tp`, or why the engine cannot run it.
     pub fn new(model: &ModelSpec, tp: u32) -> Result<Self, EngineError> {
-        if model.family != Family::DeepseekV2 {
-            return Err(unsupported(format!(
-                "the engine runs DeepSeek-V2-style models (MLA, softmax routing); {} is {:?}",
-                model.name, model.family
-            )));
-        }
         let mla = matches!(model.attention, Attention::Mla { .. });
         let (attn, rope) = if mla {
             mla_dims(model, tp)?

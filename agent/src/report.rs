@@ -19,9 +19,15 @@ pub struct InspectReport {
     /// True on the modeled backend: sizes are accounted, no bytes exist.
     pub modeled: bool,
     pub model: String,
+    /// Family, attention kind, routing rule and dtype of the model served.
+    pub model_summary: emoe_core::model::ModelSummary,
     pub config: String,
     /// The checkpoint directory the weights came from, when any.
     pub checkpoint: Option<String>,
+    /// The dtypes its files store, per tensor count (absent without a checkpoint).
+    pub checkpoint_dtypes: Option<emoe_core::checkpoint::StoredDtypes>,
+    /// What the engine computes from: every weight widened per use to f32 from this dtype.
+    pub served_dtype: &'static str,
     pub load: LoadStats,
     pub devices: Vec<DeviceReport>,
 }
@@ -87,11 +93,14 @@ impl InspectReport {
             backend: node.backend_kind().to_string(),
             modeled: !hmm.backend().holds_bytes(),
             model: d.model.name.clone(),
+            model_summary: emoe_core::model::ModelSummary::of(&d.model),
             config: d.config.to_string(),
             checkpoint: node
                 .checkpoint
                 .as_ref()
                 .map(|c| c.dir().display().to_string()),
+            checkpoint_dtypes: node.checkpoint.as_ref().map(|c| c.stored_dtypes()),
+            served_dtype: d.model.dtype.name(),
             load: d.stats,
             devices,
         }
@@ -113,6 +122,28 @@ impl InspectReport {
         if let Some(c) = &self.checkpoint {
             let _ = writeln!(s, "checkpoint {c}");
         }
+        let m = &self.model_summary;
+        let _ = writeln!(
+            s,
+            "{}: {}; {} dense + {} MoE layers; routing {}",
+            m.family, m.attention_detail, m.dense_layers, m.moe_layers, m.routing
+        );
+        let stored = self
+            .checkpoint_dtypes
+            .as_ref()
+            .map_or_else(String::new, |d| {
+                let t: Vec<String> = d.tensors.iter().map(|(k, n)| format!("{n} {k}")).collect();
+                let narrowed = if d.narrowed_exactly > 0 {
+                    format!(
+                        "; {} F32 hold bf16 values and are served as bf16",
+                        d.narrowed_exactly
+                    )
+                } else {
+                    String::new()
+                };
+                format!(" (stored: {} tensors{narrowed})", t.join(" + "))
+            });
+        let _ = writeln!(s, "weights {} computed in f32{stored}", self.served_dtype);
         let _ = writeln!(
             s,
             "loaded: {} from disk, {} device-to-device, {} allocated",

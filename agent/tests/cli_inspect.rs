@@ -61,9 +61,38 @@ fn host_inspect_reports_every_device_and_region() {
             assert_eq!(u(&d["used_bytes"]), 0);
         }
     }
+    // What is served: family, attention, routing, dtypes stored and computed from.
+    let m = &r["model_summary"];
+    assert_eq!(m["family"], "deepseek_v2");
+    assert_eq!(m["attention"], "mla");
+    assert_eq!(m["routing"], "softmax top-4 of 16");
+    assert_eq!((u(&m["dense_layers"]), u(&m["moe_layers"])), (1, 3));
+    assert_eq!(r["served_dtype"], "bf16");
+    assert_eq!(r["checkpoint_dtypes"]["narrowed_exactly"], 0);
+    assert!(u(&r["checkpoint_dtypes"]["tensors"]["BF16"]) > 0);
     // The second DP replica's non-expert shards come device to device, not from disk.
     assert!(u(&r["load"]["disk_bytes"]) > 0);
     assert!(u(&r["load"]["p2p_bytes"]) > 0);
+
+    // A checkpoint saved by transformers keeps its routers in f32 (bf16 values): served as bf16.
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/reference/deepseek_v2_plain"
+    );
+    let f = json(&agent(
+        &[
+            "inspect",
+            "--model",
+            fixture,
+            "--config",
+            "dp1tp1ep1",
+            "--json",
+        ],
+        cache.path(),
+    ));
+    assert_eq!(f["checkpoint_dtypes"]["tensors"]["F32"], 2, "{f}");
+    assert_eq!(f["checkpoint_dtypes"]["narrowed_exactly"], 2);
+    assert_eq!(f["model_summary"]["routing"], "softmax top-2 of 8");
 
     // Run again: the cached checkpoint is reused and the answer is identical.
     let again = json(&agent(&args, cache.path()));

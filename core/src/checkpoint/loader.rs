@@ -43,7 +43,15 @@ struct TensorLoc {
     len: usize,
     /// Stored as f32 where the spec has bf16: narrowed on read (see [`f32_to_bf16_exact`]).
     widened: bool,
+    stored: Dtype,
     reads: AtomicU64,
+}
+
+/// What a checkpoint's files store (see [`Checkpoint::stored_dtypes`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StoredDtypes {
+    pub tensors: BTreeMap<String, u64>,
+    pub narrowed_exactly: u64,
 }
 
 /// Largest f32 tensor converted to bf16: a router (`experts × hidden`) is at most a few MB; the
@@ -163,6 +171,7 @@ impl Checkpoint {
                 start,
                 len: b - a,
                 widened,
+                stored: info.dtype,
                 reads: AtomicU64::new(0),
             });
         }
@@ -278,6 +287,17 @@ impl Checkpoint {
                 tensor: t.name.clone(),
                 dir: self.dir.clone(),
             })
+    }
+
+    /// How many of the spec's tensors each stored dtype holds (safetensors names, e.g. `BF16`,
+    /// `F32`), and how many were stored as f32 and are served as the bf16 they exactly are.
+    pub fn stored_dtypes(&self) -> StoredDtypes {
+        let mut s = StoredDtypes::default();
+        for l in &self.locs {
+            *s.tensors.entry(l.stored.to_string()).or_insert(0) += 1;
+            s.narrowed_exactly += u64::from(l.widened);
+        }
+        s
     }
 
     /// Total bytes copied out of the files since `open`.

@@ -21,7 +21,7 @@ pub use generate::{
     GENERATOR_VERSION, GeneratedInfo, MAX_TOKENIZER_VOCAB, generate, generates_tokenizer,
     tensor_bytes,
 };
-pub use loader::Checkpoint;
+pub use loader::{Checkpoint, StoredDtypes};
 
 /// The model's Hugging Face config.
 pub const CONFIG_FILE: &str = "config.json";

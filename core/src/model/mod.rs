@@ -4,6 +4,7 @@
 mod hf_config;
 mod packing;
 mod presets;
+mod summary;
 mod tensors;
 
 use std::fmt;
@@ -17,6 +18,7 @@ pub use hf_config::{
 };
 pub use packing::{Pack, PackKey, PackedTensor, TENSOR_ALIGN};
 pub use presets::{PRESETS, Preset, preset};
+pub use summary::ModelSummary;
 pub use tensors::{GroupSizes, Split, TensorGroup, TensorSpec, even_range};
 
 /// The checkpoint family: decides tensor names and which fields a `config.json` carries.
@@ -74,6 +76,16 @@ impl DType {
             Self::Bf16 | Self::F16 => 2,
             Self::F32 => 4,
             Self::Fp8E4m3 => 1,
+        }
+    }
+
+    /// Short lower-case name: `bf16`, `f16`, `f32`, `fp8_e4m3`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Bf16 => "bf16",
+            Self::F16 => "f16",
+            Self::F32 => "f32",
+            Self::Fp8E4m3 => "fp8_e4m3",
         }
     }
 

@@ -127,6 +127,8 @@ struct Tally {
     max_err: f64,
     /// The smallest reference margin at which the engine agreed.
     min_margin: f64,
+    /// Every output compared, in order: `(token, logprob bits)`.
+    outputs: Vec<(u32, u32)>,
 }
 
 fn check(fixture: &Path, r: &Reference, config: &str, tally: &mut Tally) {
@@ -165,6 +167,9 @@ fn check(fixture: &Path, r: &Reference, config: &str, tally: &mut Tally) {
             let n = p.prompt.len();
             let g = &p.greedy;
             let outs = run.feed(&p.prompt, n + g.tokens.len() - 1);
+            tally
+                .outputs
+                .extend(outs.iter().map(|(t, lp)| (*t, lp.logprob.to_bits())));
             for (i, (tok, lp)) in outs[n - 1..].iter().enumerate() {
                 if *tok != g.tokens[i] {
                     assert!(
@@ -192,6 +197,9 @@ fn check(fixture: &Path, r: &Reference, config: &str, tally: &mut Tally) {
             let t = &p.teacher;
             let seq: Vec<u32> = p.prompt.iter().chain(&t.continuation).copied().collect();
             let outs = run.feed(&seq, seq.len());
+            tally
+                .outputs
+                .extend(outs.iter().map(|(t, lp)| (*t, lp.logprob.to_bits())));
             for (i, &want) in t.continuation.iter().enumerate() {
                 let lp = &outs[n - 1 + i].1;
                 let got = lp
@@ -247,6 +255,133 @@ fn the_engine_matches_transformers_on_every_fixture() {
                 t.max_err
             );
             assert!(t.greedy_compared > 0 && t.teacher_compared > 0);
+        }
+    }
+}
+
+/// Rewrites `fixture`'s weights into `out` as `dtype` (every tensor), in `shards` files with an
+/// index when more than one, and its config naming the dtype; the reference is copied.
+fn rewrite(fixture: &Path, out: &Path, dtype: safetensors::Dtype, shards: usize) {
+    use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+    let bytes = std::fs::read(fixture.join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+    names.sort();
+    let converted: Vec<(String, Vec<usize>, Vec<u8>)> = names
+        .iter()
+        .map(|n| {
+            let t = st.tensor(n).unwrap();
+            let vals: Vec<f32> = match t.dtype() {
+                Dtype::BF16 => t
+                    .data()
+                    .chunks_exact(2)
+                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+                Dtype::F32 => t
+                    .data()
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+                d => panic!("{n}: fixture dtype {d}"),
+            };
+            let data: Vec<u8> = match dtype {
+                Dtype::F32 => vals.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                Dtype::F16 => vals
+                    .iter()
+                    .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                    .collect(),
+                Dtype::BF16 if t.dtype() == Dtype::BF16 => t.data().to_vec(),
+                Dtype::BF16 => t.data().to_vec(), // an f32 router stays f32
+                d => panic!("target dtype {d}"),
+            };
+            (n.clone(), t.shape().to_vec(), data)
+        })
+        .collect();
+    std::fs::create_dir_all(out).unwrap();
+    let per = converted.len().div_ceil(shards);
+    let mut weight_map = serde_json::Map::new();
+    for (i, chunk) in converted.chunks(per).enumerate() {
+        let file = if shards == 1 {
+            "model.safetensors".to_string()
+        } else {
+            format!("model-{:05}-of-{shards:05}.safetensors", i + 1)
+        };
+        let views: Vec<(String, TensorView)> = chunk
+            .iter()
+            .map(|(n, shape, data)| {
+                let d = if dtype == Dtype::BF16 {
+                    st.tensor(n).unwrap().dtype()
+                } else {
+                    dtype
+                };
+                (n.clone(), TensorView::new(d, shape.clone(), data).unwrap())
+            })
+            .collect();
+        safetensors::serialize_to_file(views, None, &out.join(&file)).unwrap();
+        for (n, _, _) in chunk {
+            weight_map.insert(n.clone(), file.clone().into());
+        }
+    }
+    if shards > 1 {
+        let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+        std::fs::write(out.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture.join("config.json")).unwrap()).unwrap();
+    config["dtype"] = match dtype {
+        Dtype::F32 => "float32",
+        Dtype::F16 => "float16",
+        _ => "bfloat16",
+    }
+    .into();
+    std::fs::write(out.join("config.json"), config.to_string()).unwrap();
+    std::fs::copy(fixture.join("reference.json"), out.join("reference.json")).unwrap();
+}
+
+#[test]
+fn f32_f16_and_sharded_checkpoints_serve_the_reference_answers() {
+    use safetensors::Dtype;
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/reference/deepseek_v2_plain");
+    let text =
+        emoe_core::fsio::read_to_string_capped(&fixture.join("reference.json"), 1 << 20).unwrap();
+    let r: Reference = serde_json::from_str(&text).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |dir: &Path, config: &str| {
+        let mut t = Tally {
+            min_margin: f64::INFINITY,
+            ..Tally::default()
+        };
+        check(dir, &r, config, &mut t);
+        assert!(t.greedy_compared > 0 && t.teacher_compared > 0);
+        t
+    };
+    for config in ["dp1tp1ep1", "dp1tp2ep2"] {
+        let base = run(&fixture, config);
+        for (name, dtype, shards) in [
+            ("f32", Dtype::F32, 1),
+            ("f16", Dtype::F16, 1),
+            ("bf16-sharded", Dtype::BF16, 3),
+        ] {
+            let dir = tmp.path().join(name);
+            if !dir.exists() {
+                rewrite(&fixture, &dir, dtype, shards);
+            }
+            let c = Checkpoint::open(&dir).unwrap();
+            assert_eq!(
+                c.files().len(),
+                shards,
+                "{name}: the index names every shard"
+            );
+            let t = run(&dir, config);
+            println!(
+                "{name} {config}: max |Δ logprob| {:.2e} (bf16: {:.2e})",
+                t.max_err, base.max_err
+            );
+            if name != "f16" {
+                // The same values in another container: the same arithmetic, bit for bit.
+                assert_eq!(t.outputs, base.outputs, "{name} {config}");
+            }
         }
     }
 }

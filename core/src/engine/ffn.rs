@@ -93,8 +93,8 @@ impl Engine {
                 xe.extend_from_slice(&xn[i * h..(i + 1) * h]);
             }
             let read = |m: &Mat, out: &mut Vec<f32>| -> Result<(), EngineError> {
-                let bytes = hmm.view_range(res, slot + m.offset, m.rows * m.cols * 2)?;
-                math::widen(bytes, out);
+                let bytes = hmm.view_range(res, slot + m.offset, m.bytes() as usize)?;
+                m.widen(bytes, out);
                 Ok(())
             };
             let mut g = vec![0.0f32; n * mi];

@@ -2,23 +2,39 @@
 //! reservation (one pack per slot) and the offset inside it; for experts, the offsets inside an
 //! expert pack (the same for every expert); and the KV cache's block layout.
 
-use super::EngineError;
 use super::rope::Rope;
 use super::routing::Rule;
-use crate::model::{Attention, Family, ModelSpec, Pack, PackedTensor};
+use super::{EngineError, math};
+use crate::model::{Attention, DType, Family, ModelSpec, Pack, PackedTensor};
 
-/// A 2-D bf16 matrix (a 1-D vector has `rows == 1`) inside a reservation slot.
+/// A 2-D matrix (a 1-D vector has `rows == 1`) inside a reservation slot, stored as bf16, f16
+/// or f32 as the checkpoint was; widened to f32 per use.
 #[derive(Clone, Copy, Debug)]
 pub struct Mat {
     pub slot: usize,
     pub offset: u64,
     pub rows: usize,
     pub cols: usize,
+    pub dtype: DType,
 }
 
 impl Mat {
+    pub fn row_bytes(&self) -> usize {
+        self.cols * self.dtype.bytes() as usize
+    }
+
     pub fn bytes(&self) -> u64 {
-        (self.rows * self.cols * 2) as u64
+        (self.rows * self.row_bytes()) as u64
+    }
+
+    /// Widen this matrix's stored bytes (whole rows of it) into f32 values.
+    pub fn widen(&self, bytes: &[u8], out: &mut Vec<f32>) {
+        match self.dtype {
+            DType::F16 => math::widen_f16(bytes, out),
+            DType::F32 => math::widen_f32(bytes, out),
+            // `find` admits no other dtype.
+            _ => math::widen(bytes, out),
+        }
     }
 }
 
@@ -196,11 +212,19 @@ fn find(pack: &Pack, slot: usize, name: &str) -> Result<Mat, EngineError> {
         [r, c] => (*r as usize, *c as usize),
         s => return Err(unsupported(format!("tensor {name} has shape {s:?}"))),
     };
+    let dtype = t.spec.dtype;
+    if !matches!(dtype, DType::Bf16 | DType::F16 | DType::F32) {
+        return Err(unsupported(format!(
+            "tensor {name} is {}: the engine computes from bf16, f16 or f32 weights",
+            dtype.name()
+        )));
+    }
     Ok(Mat {
         slot,
         offset: t.offset,
         rows,
         cols,
+        dtype,
     })
 }
 

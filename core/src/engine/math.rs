@@ -15,6 +15,26 @@ pub fn widen(bytes: &[u8], out: &mut Vec<f32>) {
     }
 }
 
+/// Widen little-endian f16 bytes into `out`.
+pub fn widen_f16(bytes: &[u8], out: &mut Vec<f32>) {
+    out.clear();
+    out.extend(
+        bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()),
+    );
+}
+
+/// Little-endian f32 bytes into `out`.
+pub fn widen_f32(bytes: &[u8], out: &mut Vec<f32>) {
+    out.clear();
+    out.extend(
+        bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+    );
+}
+
 /// Narrow f32 values to little-endian bf16 bytes (the KV cache's format).
 pub fn narrow(values: &[f32], out: &mut Vec<u8>) {
     out.clear();

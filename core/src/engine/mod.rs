@@ -8,7 +8,8 @@
 //! holds them, combined per token in expert-id order, plus the TP-sharded shared experts. Greedy
 //! decoding over the TP-sharded LM head.
 //!
-//! Every weight is read in place through the instance's view (bf16, widened per use); the order
+//! Every weight is read in place through the instance's view (bf16, f16 or f32 as stored,
+//! widened to f32 per use); the order
 //! of every sum is fixed and no kernel depends on the batch, so a request's tokens depend only
 //! on the model's bytes and its own prompt — not on the config, the replica, the batch or where
 //! an expert lives. That is what lets the tests compare answers bit for bit across scaling.
@@ -208,14 +209,14 @@ impl Engine {
             .reservation(res)
             .ok_or(HmmError::UnknownReservation(res))?;
         let slot = r.slots.get(m.slot).map_or(0, |s| s.offset);
-        let at = slot + m.offset + (row0 * m.cols * 2) as u64;
-        Ok(hmm.view_range(res, at, rows * m.cols * 2)?)
+        let at = slot + m.offset + (row0 * m.row_bytes()) as u64;
+        Ok(hmm.view_range(res, at, rows * m.row_bytes())?)
     }
 
     /// Widen all of `m` from `dev`'s non-expert view into `out`.
     fn mat(hmm: &Hmm, dev: &DeviceRegions, m: &Mat, out: &mut Vec<f32>) -> Result<(), EngineError> {
         let b = Self::read(hmm, dev.non_expert, m, 0, m.rows)?;
-        math::widen(b, out);
+        m.widen(b, out);
         Ok(())
     }
 
@@ -320,7 +321,7 @@ impl Engine {
             let rm = &lay.ranks[r];
             let row = (s.token - rm.vocab_start) as usize;
             let bytes = Self::read(hmm, devs[r].non_expert, &rm.embed, row, 1)?;
-            math::widen(bytes, &mut sc.w);
+            rm.embed.widen(bytes, &mut sc.w);
             x[i * h..(i + 1) * h].copy_from_slice(&sc.w);
         }
 

@@ -233,14 +233,12 @@ impl ModelSpec {
             .collect()
     }
 
-    /// Key/value cache bytes per token per layer on one device of a TP group of size `tp`.
+    /// Key/value cache bytes per token per layer on one device of a TP group of size `tp` (the
+    /// engine keeps its KV cache in bf16 whatever the weights' dtype).
     /// MLA caches the compressed latent plus the rope key, shared by all heads (not TP-split);
     /// GQA caches K and V per KV head, split across TP ranks (replicated when heads < TP).
     pub fn kv_bytes_per_token_per_layer(&self, tp: u32) -> u64 {
-        let elem = match self.dtype {
-            DType::Fp8E4m3 => 2, // KV stays 16-bit with FP8 weights
-            d => d.bytes(),
-        };
+        let elem = 2;
         match self.attention {
             Attention::Mla {
                 kv_lora_rank,

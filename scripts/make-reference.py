@@ -24,18 +24,24 @@ and writes into `tests/fixtures/reference/<name>/`:
   tokens from one forward pass over prompt + continuation.
 
 The reference is computed in float32 from the same bf16-representable weights, since the engine
-widens bf16 weights to f32 and computes in f32: the remaining differences are the engine's bf16 KV
-cache and the order of sums, which the test's tolerances cover.
+widens bf16 weights to f32 and computes in f32, with what the attention caches (MLA's compressed
+latent and rotary key; GQA's rotated keys and values) rounded to bf16, since the engine's KV cache
+stores bf16: the remaining difference is the order of sums, which the test's tolerances cover.
+`f32_kv` in `reference.json` holds the same passes with the cache kept in float32, so the size of
+the bf16 cache's effect is on record (the test reports the engine's distance from it).
 
 Commit a variant's directory only once the engine passes the parity test on it (see the README).
 `--list` prints the variants and what the engine does with each.
 """
 
 import argparse
+import contextlib
+import importlib
 import json
 import math
 import shutil
 import sys
+import zlib
 from pathlib import Path
 
 SEED = 20260101
@@ -103,7 +109,12 @@ VARIANTS = {
                 mscale_all_dim=0.707,
             ),
         ),
-        "wrong: the engine ignores rope scaling (YaRN frequencies and mscale)",
+        "served",
+    ),
+    "deepseek_v2_qlora": (
+        "DeepseekV2Config",
+        dict(DEEPSEEK, q_lora_rank=24),
+        "served",
     ),
     "deepseek_v2_scaled": (
         "DeepseekV2Config",
@@ -152,8 +163,18 @@ VARIANTS = {
             routed_scaling_factor=2.5,
             rope_interleave=True,
         ),
-        "refused: the config reader does not know rope_interleave (transformers 5); the engine "
-        "does not run DeepSeek-V3 (sigmoid routing with a score-correction bias)",
+        "served",
+    ),
+    "deepseek_v3_half": (
+        "DeepseekV3Config",
+        dict(
+            DEEPSEEK,
+            n_group=4,
+            topk_group=2,
+            q_lora_rank=24,
+            rope_interleave=False,
+        ),
+        "served",
     ),
 }
 
@@ -186,6 +207,40 @@ def init_weights(model, torch, seed):
 def logits_of(model, torch, ids):
     with torch.no_grad():
         return model(torch.tensor([ids])).logits[0].double()
+
+
+# What each family's attention caches, as a function to round to bf16 (the engine's KV cache
+# dtype): MLA the compressed latent and rotary key (`expand_kv`'s inputs), GQA the rotated keys
+# and the values (`eager_attention_forward`'s, before the heads are repeated in it).
+KV_HOOKS = {
+    "DeepseekV2Config": ("deepseek_v2", "DeepseekV2Attention.expand_kv", (1, 2)),
+    "DeepseekV3Config": ("deepseek_v3", "DeepseekV3Attention.expand_kv", (1, 2)),
+    "Qwen3MoeConfig": ("qwen3_moe", "eager_attention_forward", (2, 3)),
+    "Qwen2MoeConfig": ("qwen2_moe", "eager_attention_forward", (2, 3)),
+    "MixtralConfig": ("mixtral", "eager_attention_forward", (2, 3)),
+}
+
+
+@contextlib.contextmanager
+def bf16_kv_cache(cls_name, torch):
+    """Runs the reference with what its attention caches rounded to bf16, as the engine stores
+    it; everything else stays float32."""
+    family, attr, args = KV_HOOKS[cls_name]
+    mod = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
+    owner, fn_name = (mod, attr) if "." not in attr else (getattr(mod, attr.split(".")[0]), attr.split(".")[1])
+    orig = getattr(owner, fn_name)
+
+    def rounded(*a, **kw):
+        a = list(a)
+        for i in args:
+            a[i] = a[i].to(torch.bfloat16).to(a[i].dtype)
+        return orig(*a, **kw)
+
+    setattr(owner, fn_name, rounded)
+    try:
+        yield
+    finally:
+        setattr(owner, fn_name, orig)
 
 
 def reference(model, torch, prompt):
@@ -223,10 +278,13 @@ def build(name, out_root, torch, transformers):
     cfg._attn_implementation = "eager"
     torch.manual_seed(SEED)
     ref = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    seed = SEED + sorted(VARIANTS).index(name)
+    # From the name alone, so adding a variant leaves the others' weights as they are.
+    seed = SEED + zlib.crc32(name.encode()) % 100_000
     init_weights(ref, torch, seed)
     ref.eval()
-    prompts = [reference(ref, torch, p) for p in PROMPTS]
+    with bf16_kv_cache(cls_name, torch):
+        prompts = [reference(ref, torch, p) for p in PROMPTS]
+    f32 = [reference(ref, torch, p) for p in PROMPTS]
 
     # Saved the way a bf16 model is: transformers decides which tensors stay float32.
     bf16 = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
@@ -248,9 +306,14 @@ def build(name, out_root, torch, transformers):
         "transformers": transformers.__version__,
         "torch": torch.__version__,
         "seed": seed,
-        "compute": "float32 from bf16-representable weights, eager attention, no KV cache",
+        "compute": "float32 from bf16-representable weights, eager attention, no KV cache; "
+        "what the attention caches rounded to bf16 (as the engine's KV cache stores it)",
         "engine_today": engine,
         "prompts": prompts,
+        "f32_kv": {
+            "compute": "as above with the attention's cached values kept in float32",
+            "prompts": f32,
+        },
     }
     (out / "reference.json").write_text(json.dumps(doc, indent=1) + "\n")
     size = sum(f.stat().st_size for f in out.iterdir())

@@ -4,8 +4,9 @@
 //! `config.json` and `model.safetensors` exactly as `save_pretrained` wrote them, float32 router
 //! included — and run in several parallel configs.
 //!
-//! The reference was computed in f32 from the same bf16 weights; the engine also computes in f32
-//! but keeps its KV cache in bf16 and sums in another order, so:
+//! The reference was computed in f32 from the same bf16 weights with what its attention caches
+//! rounded to bf16, as the engine's KV cache stores it; the engine also computes in f32, summing
+//! in another order, so:
 //! - greedy tokens must be identical wherever the reference's top-1 margin exceeds
 //!   [`MARGIN`]; past the first divergence at a smaller margin the prompt is no longer compared
 //!   (the continuations differ from there on, legitimately);
@@ -23,19 +24,28 @@ use emoe_core::hmm::Hmm;
 use emoe_core::{DeviceId, ParallelConfig};
 use serde::Deserialize;
 
-/// Logit gap below which bf16 noise may flip the greedy choice. The measured logit error is
-/// under a hundredth (see [`TOL`]), so 0.05 leaves a factor of several.
+/// Logit gap below which summation-order noise may flip the greedy choice: a value that lands on
+/// the other side of a bf16 rounding boundary in the cache moves logits by up to ~1e-2.
 const MARGIN: f64 = 0.05;
-/// Absolute log-probability tolerance. Measured on `deepseek_v2_plain` (transformers 5.25,
-/// torch 2.15): at most 8.4e-3 in every config, the same in each since the engine's sums do not
-/// depend on the config; 2e-2 leaves room for other summation orders.
-const TOL: f64 = 2e-2;
+/// Absolute log-probability tolerance. Measured (transformers 5.25, torch 2.15): at most 2.1e-3
+/// (`deepseek_v3_half`), 2.4e-4 or less on the others, the same in every config; 1e-2 leaves room
+/// for cache values rounded the other way. (Against the reference with an f32 cache the same
+/// engine is up to 1.4e-1 off on `deepseek_v2_qlora`: that is the bf16 cache, not the engine.)
+const TOL: f64 = 1e-2;
 
 const CONFIGS: [&str; 3] = ["dp1tp1ep1", "dp1tp2ep2", "dp2tp2ep4"];
 
 #[derive(Deserialize)]
 struct Reference {
     transformers: String,
+    prompts: Vec<PromptRef>,
+    /// The same passes with the attention's cache kept in f32: only reported, to put the bf16
+    /// cache's effect on record.
+    f32_kv: F32Kv,
+}
+
+#[derive(Deserialize)]
+struct F32Kv {
     prompts: Vec<PromptRef>,
 }
 
@@ -125,6 +135,8 @@ struct Tally {
     greedy_stopped: usize,
     teacher_compared: usize,
     max_err: f64,
+    /// The largest teacher-forced |Δ logprob| from the reference with an f32 cache.
+    f32_kv_err: f64,
     /// The smallest reference margin at which the engine agreed.
     min_margin: f64,
     /// Every output compared, in order: `(token, logprob bits)`.
@@ -215,6 +227,8 @@ fn check(fixture: &Path, r: &Reference, config: &str, tally: &mut Tally) {
                     .1;
                 let err = (f64::from(got) - t.logprobs[i]).abs();
                 tally.max_err = tally.max_err.max(err);
+                let f32_kv = r.f32_kv.prompts[pi].teacher.logprobs[i];
+                tally.f32_kv_err = tally.f32_kv_err.max((f64::from(got) - f32_kv).abs());
                 assert!(
                     err <= TOL,
                     "{}: logprob {got} vs reference {} (|Δ| {err:.2e} > {TOL})",
@@ -245,14 +259,16 @@ fn the_engine_matches_transformers_on_every_fixture() {
             println!(
                 "{} {config} (transformers {}): {} greedy tokens and {} teacher-forced tokens \
                  compared (smallest margin agreed on {:.3}), {} prompts stopped at a small-margin \
-                 divergence, max |Δ logprob| {:.2e}",
+                 divergence, max |Δ logprob| {:.2e} (teacher-forced, from the reference with an \
+                 f32 cache: {:.2e})",
                 fixture.file_name().unwrap().to_string_lossy(),
                 r.transformers,
                 t.greedy_compared,
                 t.teacher_compared,
                 t.min_margin,
                 t.greedy_stopped,
-                t.max_err
+                t.max_err,
+                t.f32_kv_err
             );
             assert!(t.greedy_compared > 0 && t.teacher_compared > 0);
         }

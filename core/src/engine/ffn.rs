@@ -56,6 +56,7 @@ impl Engine {
         experts: &ExpertIndex,
         l: u32,
         router: &Mat,
+        bias: Option<&Mat>,
         xn: &[f32],
         b: usize,
         sc: &mut Scratch,
@@ -65,10 +66,15 @@ impl Engine {
         Self::mat(hmm, dev0, router, &mut sc.w)?;
         let mut logits = vec![0.0f32; b * e];
         math::matmul_t(xn, b, h, &sc.w, e, &mut logits);
-        // Per expert, the tokens routed to it and their weights (softmax probabilities).
+        let mut corr = Vec::new();
+        if let Some(m) = bias {
+            Self::mat(hmm, dev0, m, &mut corr)?;
+        }
+        let corr = bias.map(|_| corr.as_slice());
+        // Per expert, the tokens routed to it and their weights.
         let mut routed: Vec<Vec<(usize, f32)>> = vec![Vec::new(); e];
         for (i, row) in logits.chunks_exact_mut(e).enumerate() {
-            for (x, w) in d.route.route(row, None) {
+            for (x, w) in d.route.route(row, corr) {
                 routed[x].push((i, w));
             }
         }

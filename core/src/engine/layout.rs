@@ -128,6 +128,8 @@ pub enum AttnDims {
         kv_lora: usize,
         /// `None` without q-LoRA.
         q_lora: Option<usize>,
+        /// The softmax scale: `(nope + rope)^-½`, times YaRN's `mscale²` where configured.
+        scale: f32,
     },
     Gqa {
         head_dim: usize,
@@ -244,20 +246,15 @@ fn mla_dims(model: &ModelSpec, tp: u32) -> Result<(AttnDims, Rope), EngineError>
         qk_nope_head_dim,
         qk_rope_head_dim,
         v_head_dim,
+        rope_interleave,
     } = model.attention
     else {
         unreachable!("mla_dims on a GQA model")
     };
-    if model.family != Family::DeepseekV2 {
+    if !matches!(model.family, Family::DeepseekV2 | Family::DeepseekV3) {
         return Err(unsupported(format!(
-            "{} is {}: the engine's MLA runs DeepSeek-V2",
+            "{} is {}: the engine's MLA runs DeepSeek-V2 and DeepSeek-V3",
             model.name, model.family
-        )));
-    }
-    if q_lora_rank.is_some() {
-        return Err(unsupported(format!(
-            "{} uses q-LoRA; the engine runs MLA without q-LoRA",
-            model.name
         )));
     }
     if !model.num_attention_heads.is_multiple_of(tp) {
@@ -269,22 +266,37 @@ fn mla_dims(model: &ModelSpec, tp: u32) -> Result<(AttnDims, Rope), EngineError>
     if !qk_rope_head_dim.is_multiple_of(2) {
         return Err(unsupported("the rotary head dim must be even"));
     }
+    let qk = f64::from(qk_nope_head_dim + qk_rope_head_dim);
+    let softmax = model
+        .rope_scaling
+        .as_ref()
+        .map_or(1.0, |y| y.softmax_factor());
     let dims = AttnDims::Mla {
         nope: qk_nope_head_dim as usize,
         rope: qk_rope_head_dim as usize,
         v: v_head_dim as usize,
         kv_lora: kv_lora_rank as usize,
         q_lora: q_lora_rank.map(|r| r as usize),
+        scale: (qk.powf(-0.5) * softmax) as f32,
     };
-    let rope = Rope::plain(qk_rope_head_dim as usize, model.rope_theta as f32);
+    let rope = Rope::for_model(model, qk_rope_head_dim as usize, rope_interleave);
     Ok((dims, rope))
 }
 
-/// Layer `p`'s MLA tensors in `pack`.
-fn mla_mats(pack: &Pack, slot: usize, p: &str) -> Result<AttnMats, EngineError> {
+/// Layer `p`'s MLA tensors in `pack` (`q_lora`: whether the query goes through a latent).
+fn mla_mats(pack: &Pack, slot: usize, p: &str, q_lora: bool) -> Result<AttnMats, EngineError> {
     let a = format!("{p}.self_attn");
+    let q = if q_lora {
+        QProj::Lora {
+            a: find(pack, slot, &format!("{a}.q_a_proj.weight"))?,
+            norm: find(pack, slot, &format!("{a}.q_a_layernorm.weight"))?,
+            b: find(pack, slot, &format!("{a}.q_b_proj.weight"))?,
+        }
+    } else {
+        QProj::Direct(find(pack, slot, &format!("{a}.q_proj.weight"))?)
+    };
     Ok(AttnMats::Mla {
-        q: QProj::Direct(find(pack, slot, &format!("{a}.q_proj.weight"))?),
+        q,
         kv_a: find(pack, slot, &format!("{a}.kv_a_proj_with_mqa.weight"))?,
         kv_a_norm: find(pack, slot, &format!("{a}.kv_a_layernorm.weight"))?,
         kv_b: find(pack, slot, &format!("{a}.kv_b_proj.weight"))?,
@@ -312,9 +324,18 @@ fn moe_mats(model: &ModelSpec, pack: &Pack, slot: usize, p: &str) -> Result<Ffn,
     } else {
         None
     };
+    let correction_bias = if model.routing.correction_bias {
+        Some(find(
+            pack,
+            slot,
+            &format!("{p}.mlp.gate.e_score_correction_bias"),
+        )?)
+    } else {
+        None
+    };
     Ok(Ffn::Moe {
         router: find(pack, slot, &format!("{p}.mlp.gate.weight"))?,
-        correction_bias: None,
+        correction_bias,
         shared,
         shared_gate: None,
     })
@@ -324,6 +345,13 @@ impl Layout {
     /// The layout of `model` under TP `tp`, or why the engine cannot run it.
     pub fn new(model: &ModelSpec, tp: u32) -> Result<Self, EngineError> {
         let mla = matches!(model.attention, Attention::Mla { .. });
+        let q_lora = matches!(
+            model.attention,
+            Attention::Mla {
+                q_lora_rank: Some(_),
+                ..
+            }
+        );
         let (attn, rope) = if mla {
             mla_dims(model, tp)?
         } else {
@@ -364,7 +392,7 @@ impl Layout {
                     input_norm: find(pack, slot, &format!("{p}.input_layernorm.weight"))?,
                     post_norm: find(pack, slot, &format!("{p}.post_attention_layernorm.weight"))?,
                     attn: if mla {
-                        mla_mats(pack, slot, &p)?
+                        mla_mats(pack, slot, &p, q_lora)?
                     } else {
                         gqa_mats(pack, slot, &p)?
                     },

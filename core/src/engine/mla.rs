@@ -6,6 +6,10 @@ use super::{AttnDims, AttnMats, Engine, EngineError, KvLayout, QProj, Scratch, S
 use crate::deploy::DeviceRegions;
 use crate::hmm::Hmm;
 
+/// The epsilon of MLA's latent norms (`kv_a_layernorm`, `q_a_layernorm`): transformers builds
+/// them with its RMSNorm default, not the config's `rms_norm_eps`.
+const LATENT_EPS: f32 = 1e-6;
+
 impl Engine {
     /// MLA attention of layer `l`: every rank appends the new tokens' compressed KV to its
     /// device's cache and attends over the whole context; outputs summed in rank order.
@@ -26,6 +30,7 @@ impl Engine {
             rope,
             v: vd,
             kv_lora,
+            scale,
             ..
         } = d.attn
         else {
@@ -33,7 +38,6 @@ impl Engine {
         };
         let (b, h) = (batch.len(), d.hidden);
         let (hr, qh, kvw) = (d.heads_per_rank, nope + rope, d.kv_width());
-        let scale = 1.0 / (qh as f32).sqrt();
         let mut attn = vec![0.0f32; b * h];
         let mut q = vec![0.0f32; b * hr * qh];
         let mut c = vec![0.0f32; b * kvw];
@@ -51,20 +55,39 @@ impl Engine {
             else {
                 unreachable!("MLA attention on a layer without MLA tensors")
             };
-            let QProj::Direct(q_proj) = qp else {
-                unreachable!("q-LoRA is refused by the layout")
-            };
-            Self::mat(hmm, dev, &q_proj, &mut sc.w)?;
-            math::matmul_t(xn, b, h, &sc.w, hr * qh, &mut q);
+            match qp {
+                QProj::Direct(q_proj) => {
+                    Self::mat(hmm, dev, &q_proj, &mut sc.w)?;
+                    math::matmul_t(xn, b, h, &sc.w, hr * qh, &mut q);
+                }
+                QProj::Lora {
+                    a: qa,
+                    norm: qn,
+                    b: qb,
+                } => {
+                    // q = q_b(rms_norm(q_a(x))), the latent normed row by row.
+                    let rank = qa.rows;
+                    let mut lat = vec![0.0f32; b * rank];
+                    Self::mat(hmm, dev, &qa, &mut sc.w)?;
+                    math::matmul_t(xn, b, h, &sc.w, rank, &mut lat);
+                    Self::mat(hmm, dev, &qn, &mut sc.w2)?;
+                    for row in lat.chunks_exact_mut(rank) {
+                        math::rms_norm(row, &sc.w2, LATENT_EPS, &mut norm);
+                        row.copy_from_slice(&norm);
+                    }
+                    Self::mat(hmm, dev, &qb, &mut sc.w)?;
+                    math::matmul_t(&lat, b, rank, &sc.w, hr * qh, &mut q);
+                }
+            }
             Self::mat(hmm, dev, &kv_a, &mut sc.w)?;
             math::matmul_t(xn, b, h, &sc.w, kvw, &mut c);
             Self::mat(hmm, dev, &kv_a_norm, &mut sc.w2)?;
             // Append each token's [norm(c_kv), rope(k_rope)] to its block.
             for (i, s) in batch.iter().enumerate() {
                 let row = &mut c[i * kvw..(i + 1) * kvw];
-                math::rms_norm(&row[..kv_lora], &sc.w2, d.eps, &mut norm);
+                math::rms_norm(&row[..kv_lora], &sc.w2, LATENT_EPS, &mut norm);
                 row[..kv_lora].copy_from_slice(&norm);
-                self.layout.rope.interleaved(&mut row[kv_lora..], s.pos);
+                self.layout.rope.apply(&mut row[kv_lora..], s.pos);
                 math::narrow(row, &mut sc.bytes);
                 let block = s.blocks[(s.pos / kv.block_tokens) as usize];
                 let at = kv.offset(block, l as u32, s.pos % kv.block_tokens);
@@ -99,7 +122,7 @@ impl Engine {
                     let mut qa = vec![0.0f32; kvw];
                     math::matmul(&qrow[..nope], 1, nope, w_uk, kv_lora, &mut qa[..kv_lora]);
                     qa[kv_lora..].copy_from_slice(&qrow[nope..]);
-                    self.layout.rope.interleaved(&mut qa[kv_lora..], s.pos);
+                    self.layout.rope.apply(&mut qa[kv_lora..], s.pos);
                     let mut scores = vec![0.0f32; ctx];
                     math::matmul_t(&qa, 1, kvw, &ctx_vals, ctx, &mut scores);
                     for v in &mut scores {

@@ -353,9 +353,23 @@ impl Engine {
                         *a += o;
                     }
                 }
-                Ffn::Moe { router, shared, .. } => {
-                    let (y, counts) =
-                        self.moe(hmm, devs[0], &experts, l as u32, &router, &xn, b, &mut sc)?;
+                Ffn::Moe {
+                    router,
+                    correction_bias,
+                    shared,
+                    ..
+                } => {
+                    let (y, counts) = self.moe(
+                        hmm,
+                        devs[0],
+                        &experts,
+                        l as u32,
+                        &router,
+                        correction_bias.as_ref(),
+                        &xn,
+                        b,
+                        &mut sc,
+                    )?;
                     for (a, o) in x.iter_mut().zip(&y) {
                         *a += o;
                     }

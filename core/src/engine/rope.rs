@@ -1,6 +1,8 @@
 //! Rotary position embedding: the per-pair inverse frequencies (from `rope_theta`, and any
 //! scaling the config asks for) and the two layouts the families use.
 
+use crate::model::{ModelSpec, Yarn};
+
 /// The rotary table of a model's attention.
 #[derive(Clone, Debug)]
 pub struct Rope {
@@ -8,9 +10,58 @@ pub struct Rope {
     pub inv_freq: Vec<f32>,
     /// Multiplies cos and sin (YaRN's attention factor; 1 otherwise).
     pub attention_factor: f32,
+    /// Pairs `(2i, 2i+1)` (DeepSeek) rather than `(i, i + d/2)` (`rotate_half`).
+    pub interleaved: bool,
 }
 
 impl Rope {
+    /// The rotary table of `model`'s attention over `dim` values: YaRN where the config asks
+    /// for it, plain otherwise; in the layout `interleaved` names.
+    pub fn for_model(model: &ModelSpec, dim: usize, interleaved: bool) -> Self {
+        let theta = model.rope_theta as f32;
+        let mut r = match &model.rope_scaling {
+            Some(y) => Self::yarn(dim, theta, y),
+            None => Self::plain(dim, theta),
+        };
+        r.interleaved = interleaved;
+        r
+    }
+
+    /// YaRN (`_compute_yarn_parameters` in transformers, in the same f32/f64 steps): each pair's
+    /// frequency blends the interpolated `1/(factor·θ^(2i/d))` and the original along a linear
+    /// ramp between the correction dims of `beta_fast` and `beta_slow` rotations.
+    pub fn yarn(dim: usize, theta: f32, y: &Yarn) -> Self {
+        let base = f64::from(theta);
+        let orig = f64::from(y.original_max_position_embeddings);
+        let correction = |rot: f64| {
+            (dim as f64 * (orig / (rot * 2.0 * std::f64::consts::PI)).ln()) / (2.0 * base.ln())
+        };
+        let (mut low, mut high) = (correction(y.beta_fast), correction(y.beta_slow));
+        if y.truncate {
+            (low, high) = (low.floor(), high.ceil());
+        }
+        let (low, mut high) = (low.max(0.0), high.min(dim as f64 - 1.0));
+        if low == high {
+            high += 0.001; // as the reference: no zero-width ramp
+        }
+        let (low, high) = (low as f32, high as f32);
+        let factor = y.factor as f32;
+        let inv_freq = (0..dim / 2)
+            .map(|i| {
+                let pos = theta.powf((2 * i) as f32 / dim as f32);
+                let (extra, inter) = (1.0 / pos, 1.0 / (factor * pos));
+                let ramp = ((i as f32 - low) / (high - low)).clamp(0.0, 1.0);
+                let keep = 1.0 - ramp;
+                inter * (1.0 - keep) + extra * keep
+            })
+            .collect();
+        Self {
+            inv_freq,
+            attention_factor: y.attention_factor() as f32,
+            interleaved: false,
+        }
+    }
+
     /// Plain RoPE over `dim` values (`dim` even) with base `theta`.
     pub fn plain(dim: usize, theta: f32) -> Self {
         Self {
@@ -18,6 +69,16 @@ impl Rope {
                 .map(|i| theta.powf(-2.0 * i as f32 / dim as f32))
                 .collect(),
             attention_factor: 1.0,
+            interleaved: false,
+        }
+    }
+
+    /// Rotates `v` at position `pos` in this table's layout.
+    pub fn apply(&self, v: &mut [f32], pos: u32) {
+        if self.interleaved {
+            self.interleaved(v, pos)
+        } else {
+            self.half(v, pos)
         }
     }
 

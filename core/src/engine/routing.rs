@@ -72,8 +72,8 @@ impl Rule {
 }
 
 /// DeepSeek-V3's `noaux_tc` choice: groups ranked by the sum of their two best scores, the
-/// `kept` best kept; the other experts' scores are set to 0 (not −∞, as the reference does) and
-/// top-k taken over all.
+/// `kept` best kept; the other experts' scores are set to −∞ (as the reference does) and top-k
+/// taken over all.
 fn noaux_tc_top_k(x: &[f32], k: usize, groups: usize, kept: usize) -> Vec<usize> {
     let size = (x.len() / groups.max(1)).max(1);
     let rank: Vec<f32> = x
@@ -87,7 +87,13 @@ fn noaux_tc_top_k(x: &[f32], k: usize, groups: usize, kept: usize) -> Vec<usize>
     let masked: Vec<f32> = x
         .iter()
         .enumerate()
-        .map(|(i, v)| if keep.contains(&(i / size)) { *v } else { 0.0 })
+        .map(|(i, v)| {
+            if keep.contains(&(i / size)) {
+                *v
+            } else {
+                f32::NEG_INFINITY
+            }
+        })
         .collect();
     math::top_k(&masked, k)
 }

@@ -84,8 +84,6 @@ const NEUTRAL: &[&str] = &[
     "output_router_logits",
     "pad_token_id",
     "pretraining_tp",
-    "rope_parameters",
-    "rope_scaling",
     "routed_scaling_factor",
     "router_aux_loss_coef",
     "router_jitter_noise",
@@ -191,15 +189,21 @@ fn wrong(field: &str, expected: &'static str, v: &Value) -> HfConfigError {
 }
 
 /// Parse a `config.json` text; `name` becomes the spec's name.
-/// DeepSeek's routing keys, each honoured or refused by name: `scoring_func` softmax,
-/// `topk_method` greedy or group_limited_greedy (with `n_group`, `topk_group`),
-/// `routed_scaling_factor`. (`norm_topk_prob` is read past: transformers' DeepSeek-V2 does not
-/// renormalise the chosen weights whatever it says.)
+/// DeepSeek's routing keys, each honoured or refused by name, absent ones taking transformers'
+/// defaults for the family.
+/// - DeepSeek-V2: `scoring_func` softmax, `topk_method` greedy or group_limited_greedy (with
+///   `n_group`, `topk_group`), `routed_scaling_factor`; `norm_topk_prob: true` is refused
+///   (transformers' DeepSeek-V2 ignores it, DeepSeek's own code applies it: no one answer).
+/// - DeepSeek-V3: sigmoid scores, `e_score_correction_bias`, `noaux_tc` (groups ranked by their
+///   two best corrected scores), `norm_topk_prob` (default true), `routed_scaling_factor`
+///   (default 2.5), `n_group` 8 / `topk_group` 4 by default.
 fn read_deepseek_routing(
     f: &mut Fields,
+    family: Family,
     experts: u32,
     top_k: u32,
 ) -> Result<super::Routing, HfConfigError> {
+    let v3 = family == Family::DeepseekV3;
     let text = |f: &mut Fields, k: &'static str| -> Result<Option<String>, HfConfigError> {
         match f.get(k) {
             None => Ok(None),
@@ -207,16 +211,23 @@ fn read_deepseek_routing(
             Some(v) => Err(wrong(k, "a string", v)),
         }
     };
+    let scoring = if v3 { "sigmoid" } else { "softmax" };
     if let Some(sf) = text(f, "scoring_func")?
-        && sf != "softmax"
+        && sf != scoring
     {
         return Err(HfConfigError::Unsupported {
             field: "scoring_func".into(),
             value: crate::echo::echo(&sf),
-            why: "only softmax scoring is served",
+            why: if v3 {
+                "DeepSeek-V3 scores experts by sigmoid"
+            } else {
+                "DeepSeek-V2 scores experts by softmax"
+            },
         });
     }
-    let scaling_factor = f.opt_f64("routed_scaling_factor")?.unwrap_or(1.0);
+    let scaling_factor = f
+        .opt_f64("routed_scaling_factor")?
+        .unwrap_or(if v3 { 2.5 } else { 1.0 });
     if !(scaling_factor.is_finite() && scaling_factor > 0.0 && scaling_factor <= 1e6) {
         return Err(HfConfigError::Unsupported {
             field: "routed_scaling_factor".into(),
@@ -224,9 +235,55 @@ fn read_deepseek_routing(
             why: "must be a positive finite number up to 1e6",
         });
     }
+    let normalize = f.opt_bool("norm_topk_prob")?.unwrap_or(v3);
+    if normalize && !v3 {
+        return Err(HfConfigError::Unsupported {
+            field: "norm_topk_prob".into(),
+            value: "true".into(),
+            why: "transformers' DeepSeek-V2 ignores it while DeepSeek's code renormalises: \
+                  the reference answer is ambiguous",
+        });
+    }
     let n_group = f.opt_u32("n_group")?;
     let topk_group = f.opt_u32("topk_group")?;
-    let groups = match text(f, "topk_method")?.as_deref() {
+    let check_groups = |n: u32, k: u32, min_size: u32| -> Result<(u32, u32), HfConfigError> {
+        let ok = n > 0
+            && experts.is_multiple_of(n)
+            && experts / n >= min_size
+            && (1..=n).contains(&k)
+            && u64::from(k) * u64::from(experts / n) >= u64::from(top_k);
+        if ok {
+            Ok((n, k))
+        } else {
+            Err(HfConfigError::Unsupported {
+                field: "n_group".into(),
+                value: format!("{n} (topk_group {k}, {experts} experts, top-k {top_k})"),
+                why: "n_group must divide the experts (groups of at least two under noaux_tc), \
+                      1 ≤ topk_group ≤ n_group, and the kept groups must hold at least top-k \
+                      experts",
+            })
+        }
+    };
+    let method = text(f, "topk_method")?;
+    if v3 {
+        if let Some(m) = method.filter(|m| m != "noaux_tc") {
+            return Err(HfConfigError::Unsupported {
+                field: "topk_method".into(),
+                value: crate::echo::echo(&m),
+                why: "DeepSeek-V3 routes by noaux_tc",
+            });
+        }
+        let groups = check_groups(n_group.unwrap_or(8), topk_group.unwrap_or(4), 2)?;
+        return Ok(super::Routing {
+            scoring: super::Scoring::Sigmoid,
+            correction_bias: true,
+            groups: Some(groups),
+            group_rank: super::GroupRank::TopTwoSum,
+            normalize,
+            scaling_factor,
+        });
+    }
+    let groups = match method.as_deref() {
         None | Some("greedy") => None,
         Some("group_limited_greedy") => {
             let (Some(n), Some(k)) = (n_group, topk_group) else {
@@ -236,19 +293,7 @@ fn read_deepseek_routing(
                     why: "needs n_group and topk_group",
                 });
             };
-            let ok = n > 0
-                && experts.is_multiple_of(n)
-                && (1..=n).contains(&k)
-                && u64::from(k) * u64::from(experts / n) >= u64::from(top_k);
-            if !ok {
-                return Err(HfConfigError::Unsupported {
-                    field: "n_group".into(),
-                    value: format!("{n} (topk_group {k}, {experts} experts, top-k {top_k})"),
-                    why: "n_group must divide the experts, 1 ≤ topk_group ≤ n_group, and the \
-                          kept groups must hold at least top-k experts",
-                });
-            }
-            Some((n, k))
+            Some(check_groups(n, k, 1)?)
         }
         Some(other) => {
             return Err(HfConfigError::Unsupported {
@@ -299,6 +344,7 @@ pub fn from_hf_config(text: &str, name: &str) -> Result<ModelSpec, HfConfigError
     let tie_word_embeddings = f.opt_bool("tie_word_embeddings")?.unwrap_or(false);
     let rms_norm_eps = f.opt_f64("rms_norm_eps")?.unwrap_or(1e-6);
     let rope_theta = read_rope_theta(&mut f)?;
+    let rope_scaling = read_rope_scaling(&mut f)?;
     if f.opt_bool("mlp_bias")? == Some(true) {
         return Err(HfConfigError::Unsupported {
             field: "mlp_bias".into(),
@@ -339,6 +385,7 @@ pub fn from_hf_config(text: &str, name: &str) -> Result<ModelSpec, HfConfigError
         dtype,
         rms_norm_eps,
         rope_theta,
+        rope_scaling,
         routing: super::Routing::default(),
     };
     match family {
@@ -346,10 +393,16 @@ pub fn from_hf_config(text: &str, name: &str) -> Result<ModelSpec, HfConfigError
             spec.intermediate_size = f.u32("intermediate_size")?;
             spec.moe_intermediate_size = f.u32("moe_intermediate_size")?;
             spec.num_routed_experts = f.u32("n_routed_experts")?;
-            spec.num_shared_experts = f.opt_u32("n_shared_experts")?.unwrap_or(0);
+            // Absent keys take transformers' defaults for the family.
+            let v3 = family == Family::DeepseekV3;
+            spec.num_shared_experts =
+                f.opt_u32("n_shared_experts")?
+                    .unwrap_or(if v3 { 1 } else { 2 });
             spec.shared_expert_intermediate_size =
                 shared_width(spec.num_shared_experts, spec.moe_intermediate_size)?;
-            spec.first_dense_layers = f.opt_u32("first_k_dense_replace")?.unwrap_or(0);
+            spec.first_dense_layers =
+                f.opt_u32("first_k_dense_replace")?
+                    .unwrap_or(if v3 { 3 } else { 0 });
             spec.moe_layer_freq = f.opt_u32("moe_layer_freq")?.unwrap_or(1).max(1);
             let (nope, rope) = (f.u32("qk_nope_head_dim")?, f.u32("qk_rope_head_dim")?);
             spec.attention = Attention::Mla {
@@ -358,8 +411,14 @@ pub fn from_hf_config(text: &str, name: &str) -> Result<ModelSpec, HfConfigError
                 qk_nope_head_dim: nope,
                 qk_rope_head_dim: rope,
                 v_head_dim: f.u32("v_head_dim")?,
+                // DeepSeek-V2 rotates adjacent pairs; V3 as `rope_interleave` says.
+                rope_interleave: if v3 {
+                    f.opt_bool("rope_interleave")?.unwrap_or(true)
+                } else {
+                    true
+                },
             };
-            spec.routing = read_deepseek_routing(&mut f, spec.num_routed_experts, top_k)?;
+            spec.routing = read_deepseek_routing(&mut f, family, spec.num_routed_experts, top_k)?;
             if f.opt_bool("attention_bias")? == Some(true) {
                 return Err(HfConfigError::Unsupported {
                     field: "attention_bias".into(),
@@ -424,6 +483,139 @@ pub fn from_hf_config(text: &str, name: &str) -> Result<ModelSpec, HfConfigError
     validate(&spec)?;
     f.finish()?;
     Ok(spec)
+}
+
+/// The keys a YaRN `rope_scaling` / `rope_parameters` may carry beside its type.
+const YARN_KEYS: &[&str] = &[
+    "factor",
+    "original_max_position_embeddings",
+    "beta_fast",
+    "beta_slow",
+    "mscale",
+    "mscale_all_dim",
+    "attention_factor",
+    "truncate",
+];
+
+/// Rope scaling from `rope_scaling` (hub configs) or `rope_parameters` (transformers 5): plain
+/// RoPE (`None`) or YaRN; any other rope type, or a key not read here, refused by name.
+fn read_rope_scaling(f: &mut Fields) -> Result<Option<super::Yarn>, HfConfigError> {
+    let mut found = Vec::new();
+    for key in ["rope_parameters", "rope_scaling"] {
+        match f.get(key) {
+            None => {}
+            Some(Value::Object(o)) => found.push((key, read_yarn(key, o)?)),
+            Some(v) => return Err(wrong(key, "an object", v)),
+        }
+    }
+    match found.as_slice() {
+        [] => Ok(None),
+        [(_, y)] => Ok(*y),
+        [(_, x), (_, y), ..] if x == y => Ok(*x),
+        [(_, x), (_, y), ..] => Err(HfConfigError::Unsupported {
+            field: "rope_scaling".into(),
+            value: format!("{y:?} (rope_parameters says {x:?})"),
+            why: "rope_scaling and rope_parameters must agree",
+        }),
+    }
+}
+
+fn read_yarn(key: &str, o: &Map<String, Value>) -> Result<Option<super::Yarn>, HfConfigError> {
+    let at = |k: &str| format!("{key}.{k}");
+    let kind = match (o.get("rope_type"), o.get("type")) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(HfConfigError::Unsupported {
+                field: at("type"),
+                value: format!("{b} (rope_type is {a})"),
+                why: "type and rope_type must agree",
+            });
+        }
+        (Some(Value::String(t)), _) | (None, Some(Value::String(t))) => t.as_str(),
+        (None, None) => "default",
+        (Some(v), _) | (None, Some(v)) => return Err(wrong(&at("rope_type"), "a string", v)),
+    };
+    let known = |k: &str| matches!(k, "rope_type" | "type" | "rope_theta");
+    match kind {
+        "default" => {
+            if let Some(k) = o.keys().find(|k| !known(k)) {
+                return Err(HfConfigError::Unsupported {
+                    field: at(k),
+                    value: o[k].to_string(),
+                    why: "plain RoPE takes no parameters besides rope_theta",
+                });
+            }
+            return Ok(None);
+        }
+        "yarn" => {}
+        other => {
+            return Err(HfConfigError::Unsupported {
+                field: at("rope_type"),
+                value: crate::echo::echo(other),
+                why: "only default and yarn rotary embeddings are served",
+            });
+        }
+    }
+    if let Some(k) = o
+        .keys()
+        .find(|k| !known(k) && !YARN_KEYS.contains(&k.as_str()))
+    {
+        return Err(HfConfigError::Unsupported {
+            field: at(k),
+            value: o[k].to_string(),
+            why: "a YaRN parameter the engine does not apply",
+        });
+    }
+    let num = |k: &str| -> Result<Option<f64>, HfConfigError> {
+        match o.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => match v.as_f64() {
+                Some(x) if x.is_finite() && (0.0..=1e6).contains(&x) => Ok(Some(x)),
+                _ => Err(wrong(&at(k), "a finite number from 0 to 1e6", v)),
+            },
+        }
+    };
+    let factor = num("factor")?.ok_or_else(|| HfConfigError::Unsupported {
+        field: at("factor"),
+        value: "absent".into(),
+        why: "YaRN needs its scaling factor",
+    })?;
+    let original = match o.get("original_max_position_embeddings") {
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|&n| n > 0)
+            .ok_or_else(|| {
+                wrong(
+                    &at("original_max_position_embeddings"),
+                    "a positive whole number that fits in 32 bits",
+                    v,
+                )
+            })?,
+        None => {
+            return Err(HfConfigError::Unsupported {
+                field: at("original_max_position_embeddings"),
+                value: "absent".into(),
+                why: "YaRN needs the pre-training context length",
+            });
+        }
+    };
+    let truncate = match o.get("truncate") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => *b,
+        Some(v) => return Err(wrong(&at("truncate"), "true or false", v)),
+    };
+    // transformers: `beta_fast or 32`, `beta_slow or 1` (0 means the default too).
+    let or = |x: Option<f64>, d: f64| x.filter(|&v| v != 0.0).unwrap_or(d);
+    Ok(Some(super::Yarn {
+        factor,
+        original_max_position_embeddings: original,
+        beta_fast: or(num("beta_fast")?, 32.0),
+        beta_slow: or(num("beta_slow")?, 1.0),
+        mscale: num("mscale")?,
+        mscale_all_dim: num("mscale_all_dim")?,
+        attention_factor: num("attention_factor")?,
+        truncate,
+    }))
 }
 
 /// `rope_theta` at the top level (transformers 4) or in `rope_parameters` (transformers 5);
@@ -593,6 +785,7 @@ impl ModelSpec {
                 qk_nope_head_dim,
                 qk_rope_head_dim,
                 v_head_dim,
+                ..
             } => {
                 counts.extend([
                     ("q_lora_rank", q_lora_rank.unwrap_or(0), MAX_DIM),
@@ -779,8 +972,12 @@ impl ModelSpec {
                 qk_nope_head_dim,
                 qk_rope_head_dim,
                 v_head_dim,
+                rope_interleave,
             } => {
                 set("num_key_value_heads", self.num_attention_heads.into());
+                if self.family == Family::DeepseekV3 {
+                    set("rope_interleave", rope_interleave.into());
+                }
                 set("q_lora_rank", q_lora_rank.map_or(Value::Null, Value::from));
                 set("kv_lora_rank", kv_lora_rank.into());
                 set("qk_nope_head_dim", qk_nope_head_dim.into());
@@ -804,6 +1001,24 @@ impl ModelSpec {
                 set("n_shared_experts", self.num_shared_experts.into());
                 set("first_k_dense_replace", self.first_dense_layers.into());
                 set("moe_layer_freq", self.moe_layer_freq.into());
+                let r = &self.routing;
+                set("routed_scaling_factor", r.scaling_factor.into());
+                set("norm_topk_prob", r.normalize.into());
+                if self.family == Family::DeepseekV3 {
+                    set("scoring_func", "sigmoid".into());
+                    set("topk_method", "noaux_tc".into());
+                } else {
+                    let method = if r.groups.is_some() {
+                        "group_limited_greedy"
+                    } else {
+                        "greedy"
+                    };
+                    set("topk_method", method.into());
+                }
+                if let Some((n, k)) = r.groups {
+                    set("n_group", n.into());
+                    set("topk_group", k.into());
+                }
             }
             Family::Qwen2Moe | Family::Qwen3Moe => {
                 set("intermediate_size", self.intermediate_size.into());
@@ -822,6 +1037,26 @@ impl ModelSpec {
                 set("intermediate_size", self.moe_intermediate_size.into());
                 set("num_local_experts", self.num_routed_experts.into());
             }
+        }
+        if let Some(y) = &self.rope_scaling {
+            let mut o = serde_json::json!({
+                "type": "yarn",
+                "factor": y.factor,
+                "original_max_position_embeddings": y.original_max_position_embeddings,
+                "beta_fast": y.beta_fast,
+                "beta_slow": y.beta_slow,
+                "truncate": y.truncate,
+            });
+            for (k, v) in [
+                ("mscale", y.mscale),
+                ("mscale_all_dim", y.mscale_all_dim),
+                ("attention_factor", y.attention_factor),
+            ] {
+                if let Some(v) = v {
+                    o[k] = v.into();
+                }
+            }
+            set("rope_scaling", o);
         }
         if self.dtype == DType::Fp8E4m3 {
             set(
@@ -943,6 +1178,88 @@ mod tests {
         let bad = with("rope_parameters", serde_json::json!({"rope_theta": "x"}));
         let e = parse(&bad).unwrap_err().to_string();
         assert!(e.contains("rope_parameters.rope_theta"), "{e}");
+    }
+
+    #[test]
+    fn yarn_is_read_from_either_key_and_anything_else_is_refused_by_name() {
+        let yarn = serde_json::json!({
+            "type": "yarn", "factor": 40, "original_max_position_embeddings": 4096,
+            "beta_fast": 32, "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 0.707
+        });
+        let mut hub = v5_deepseek();
+        hub.as_object_mut().unwrap().remove("rope_parameters");
+        hub["rope_scaling"] = yarn.clone();
+        let y = parse(&hub).unwrap().rope_scaling.expect("YaRN read");
+        assert_eq!((y.factor, y.original_max_position_embeddings), (40.0, 4096));
+        assert_eq!((y.mscale, y.mscale_all_dim), (Some(0.707), Some(0.707)));
+        // mscale = mscale_all_dim: cos/sin unscaled, the softmax scale times mscale².
+        assert_eq!(y.attention_factor(), 1.0);
+        let m = 0.1 * 0.707 * 40f64.ln() + 1.0;
+        assert!((y.softmax_factor() - m * m).abs() < 1e-12);
+        // transformers 5 writes it as rope_parameters with rope_type.
+        let mut v5 = yarn.clone();
+        v5.as_object_mut().unwrap().remove("type");
+        v5["rope_type"] = "yarn".into();
+        v5["rope_theta"] = 5000.0.into();
+        assert_eq!(
+            parse(&with("rope_parameters", v5)).unwrap().rope_scaling,
+            Some(y)
+        );
+        assert_eq!(parse(&v5_deepseek()).unwrap().rope_scaling, None);
+        let mut both = hub.clone();
+        let mut other = yarn.clone();
+        other["factor"] = 4.into();
+        both["rope_parameters"] = other;
+        let e = parse(&both).unwrap_err().to_string();
+        assert!(e.contains("must agree"), "{e}");
+        for (k, val, says) in [
+            ("type", Value::from("linear"), "rope_scaling.rope_type"),
+            ("type", "dynamic".into(), "value dynamic"),
+            ("factor", Value::Null, "rope_scaling.factor"),
+            ("factor", (-2).into(), "rope_scaling.factor"),
+            ("short_factor", 1.into(), "rope_scaling.short_factor"),
+            ("original_max_position_embeddings", 0.into(), "original_max"),
+        ] {
+            let mut v = hub.clone();
+            v["rope_scaling"][k] = val;
+            let e = parse(&v).unwrap_err().to_string();
+            assert!(e.contains(says), "{k}: {e}");
+        }
+    }
+
+    #[test]
+    fn deepseek_v3_routing_is_read_with_the_reference_defaults() {
+        let mut v = v5_deepseek();
+        v["model_type"] = "deepseek_v3".into();
+        v["num_hidden_layers"] = 5.into();
+        v.as_object_mut().unwrap().remove("first_k_dense_replace");
+        v["n_group"] = 4.into();
+        v["topk_group"] = 2.into();
+        let s = parse(&v).unwrap();
+        let r = s.routing;
+        assert_eq!(r.scoring, super::super::Scoring::Sigmoid);
+        assert!(r.correction_bias && r.normalize);
+        assert_eq!((r.scaling_factor, r.groups), (2.5, Some((4, 2))));
+        assert_eq!(r.group_rank, super::super::GroupRank::TopTwoSum);
+        // first_k_dense_replace defaults to 3 on V3.
+        assert_eq!(s.moe_layers(), vec![3, 4]);
+        // Groups of one expert cannot rank by their two best.
+        v["n_group"] = 8.into();
+        let e = parse(&v).unwrap_err().to_string();
+        assert!(e.contains("`n_group`") && e.contains('8'), "{e}");
+        v["n_group"] = 4.into();
+        v["scoring_func"] = "softmax".into();
+        let e = parse(&v).unwrap_err().to_string();
+        assert!(e.contains("`scoring_func`"), "{e}");
+    }
+
+    #[test]
+    fn norm_topk_prob_on_deepseek_v2_is_refused_since_the_reference_ignores_it() {
+        assert!(parse(&with("norm_topk_prob", false.into())).is_ok());
+        let e = parse(&with("norm_topk_prob", true.into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`norm_topk_prob`"), "{e}");
     }
 
     #[test]

@@ -111,6 +111,10 @@ pub enum Attention {
         qk_nope_head_dim: u32,
         qk_rope_head_dim: u32,
         v_head_dim: u32,
+        /// The rotary dims rotate in adjacent pairs (DeepSeek-V2 always; DeepSeek-V3's
+        /// `rope_interleave`, true by default) rather than in halves (`rotate_half`).
+        #[serde(default = "yes")]
+        rope_interleave: bool,
     },
     Gqa {
         num_kv_heads: u32,
@@ -120,6 +124,56 @@ pub enum Attention {
         /// Qwen3 normalises q and k per head.
         qk_norm: bool,
     },
+}
+
+const fn yes() -> bool {
+    true
+}
+
+/// YaRN rotary scaling (`rope_scaling` / `rope_parameters` with `rope_type: yarn`), the
+/// parameters transformers' `_compute_yarn_parameters` reads.
+#[derive(Clone, Copy, PartialEq, Debug, Serialize, Deserialize)]
+pub struct Yarn {
+    pub factor: f64,
+    pub original_max_position_embeddings: u32,
+    pub beta_fast: f64,
+    pub beta_slow: f64,
+    pub mscale: Option<f64>,
+    pub mscale_all_dim: Option<f64>,
+    /// Multiplies cos and sin; derived from `factor` and the mscales when absent.
+    pub attention_factor: Option<f64>,
+    /// Whether the correction range is rounded outwards to whole dims (default true).
+    pub truncate: bool,
+}
+
+impl Yarn {
+    /// YaRN's `0.1 · m · ln(scale) + 1` (1 for scale ≤ 1).
+    pub fn get_mscale(scale: f64, m: f64) -> f64 {
+        if scale <= 1.0 {
+            1.0
+        } else {
+            0.1 * m * scale.ln() + 1.0
+        }
+    }
+
+    /// The factor on cos and sin.
+    pub fn attention_factor(&self) -> f64 {
+        match (self.attention_factor, self.mscale, self.mscale_all_dim) {
+            (Some(a), _, _) => a,
+            (None, Some(m), Some(all)) if m != 0.0 && all != 0.0 => {
+                Self::get_mscale(self.factor, m) / Self::get_mscale(self.factor, all)
+            }
+            _ => Self::get_mscale(self.factor, 1.0),
+        }
+    }
+
+    /// The factor on MLA's softmax scale (`mscale_all_dim` squared; 1 without it).
+    pub fn softmax_factor(&self) -> f64 {
+        match self.mscale_all_dim {
+            Some(all) if all != 0.0 => Self::get_mscale(self.factor, all).powi(2),
+            _ => 1.0,
+        }
+    }
 }
 
 /// How a router's logits become scores (`scoring_func`).
@@ -208,6 +262,9 @@ pub struct ModelSpec {
     pub dtype: DType,
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
+    /// YaRN context extension (DeepSeek-V2-Lite, DeepSeek-V3); plain RoPE when `None`.
+    #[serde(default)]
+    pub rope_scaling: Option<Yarn>,
     /// Expert choice and weights (plain softmax top-k unless the config says otherwise).
     #[serde(default)]
     pub routing: Routing,

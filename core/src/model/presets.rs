@@ -1,7 +1,7 @@
 //! Built-in model specs: the real shapes of three published MoE models (for planning and the
 //! modeled backend) and two small ones whose checkpoints we generate (for the host backend).
 
-use super::{Attention, DType, Family, ModelSpec};
+use super::{Attention, DType, Family, GroupRank, ModelSpec, Scoring, Yarn};
 
 /// A named built-in spec.
 #[derive(Clone, Copy, Debug)]
@@ -83,19 +83,33 @@ fn deepseek_v2_family(name: &str) -> ModelSpec {
             qk_nope_head_dim: 128,
             qk_rope_head_dim: 64,
             v_head_dim: 128,
+            rope_interleave: true,
         },
         vocab_size: 102400,
         tie_word_embeddings: false,
         dtype: DType::Bf16,
         rms_norm_eps: 1e-6,
         rope_theta: 10000.0,
+        rope_scaling: None,
         routing: super::Routing::default(),
     }
 }
 
 /// deepseek-ai/DeepSeek-V2-Lite `config.json`.
 fn deepseek_v2_lite() -> ModelSpec {
-    deepseek_v2_family("deepseek-v2-lite")
+    ModelSpec {
+        rope_scaling: Some(Yarn {
+            factor: 40.0,
+            original_max_position_embeddings: 4096,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            mscale: Some(0.707),
+            mscale_all_dim: Some(0.707),
+            attention_factor: None,
+            truncate: true,
+        }),
+        ..deepseek_v2_family("deepseek-v2-lite")
+    }
 }
 
 /// Qwen/Qwen3-30B-A3B `config.json`.
@@ -127,7 +141,11 @@ fn qwen3_30b_a3b() -> ModelSpec {
         dtype: DType::Bf16,
         rms_norm_eps: 1e-6,
         rope_theta: 1_000_000.0,
-        routing: super::Routing::default(),
+        rope_scaling: None,
+        routing: super::Routing {
+            normalize: true,
+            ..super::Routing::default()
+        },
     }
 }
 
@@ -156,13 +174,31 @@ fn deepseek_v3() -> ModelSpec {
             qk_nope_head_dim: 128,
             qk_rope_head_dim: 64,
             v_head_dim: 128,
+            rope_interleave: true,
         },
         vocab_size: 129280,
         tie_word_embeddings: false,
         dtype: DType::Fp8E4m3,
         rms_norm_eps: 1e-6,
         rope_theta: 10000.0,
-        routing: super::Routing::default(),
+        rope_scaling: Some(Yarn {
+            factor: 40.0,
+            original_max_position_embeddings: 4096,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            mscale: Some(1.0),
+            mscale_all_dim: Some(1.0),
+            attention_factor: None,
+            truncate: true,
+        }),
+        routing: super::Routing {
+            scoring: Scoring::Sigmoid,
+            correction_bias: true,
+            groups: Some((8, 4)),
+            group_rank: GroupRank::TopTwoSum,
+            normalize: true,
+            scaling_factor: 2.5,
+        },
     }
 }
 
@@ -182,6 +218,7 @@ fn tiny_moe() -> ModelSpec {
             qk_nope_head_dim: 32,
             qk_rope_head_dim: 16,
             v_head_dim: 32,
+            rope_interleave: true,
         },
         vocab_size: 4096,
         ..deepseek_v2_family("tiny-moe")
@@ -206,6 +243,7 @@ fn micro_moe() -> ModelSpec {
             qk_nope_head_dim: 32,
             qk_rope_head_dim: 16,
             v_head_dim: 32,
+            rope_interleave: true,
         },
         vocab_size: 1024,
         ..deepseek_v2_family("micro-moe")

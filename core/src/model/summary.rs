@@ -35,6 +35,7 @@ impl ModelSummary {
                 qk_nope_head_dim,
                 qk_rope_head_dim,
                 v_head_dim,
+                ..
             } => (
                 "mla",
                 format!(

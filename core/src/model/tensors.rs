@@ -299,6 +299,7 @@ impl ModelSpec {
                 qk_nope_head_dim,
                 qk_rope_head_dim,
                 v_head_dim,
+                ..
             } => {
                 let q_head = qk_nope_head_dim + qk_rope_head_dim;
                 match q_lora_rank {
@@ -463,7 +464,7 @@ impl ModelSpec {
             Replicated,
             false,
         );
-        if self.family == Family::DeepseekV3 {
+        if self.routing.correction_bias {
             // noaux_tc routing: a per-expert bias added to the scores before top-k.
             b.out.push(TensorSpec {
                 name: format!("{p}.mlp.gate.e_score_correction_bias"),

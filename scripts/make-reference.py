@@ -128,15 +128,13 @@ VARIANTS = {
     ),
     "qwen3_moe": (
         "Qwen3MoeConfig",
-        dict(QWEN),
-        "refused: the config reader wants num_experts (transformers 5 writes num_local_experts); "
-        "the engine runs MLA models only",
+        dict(QWEN, norm_topk_prob=True),
+        "served",
     ),
     "qwen2_moe": (
         "Qwen2MoeConfig",
         dict(QWEN, shared_expert_intermediate_size=32),
-        "refused: the config reader does not know qkv_bias (transformers 5); "
-        "the engine runs MLA models only",
+        "served",
     ),
     "mixtral": (
         "MixtralConfig",
@@ -152,7 +150,7 @@ VARIANTS = {
             num_experts_per_tok=2,
             max_position_embeddings=256,
         ),
-        "refused: the engine runs MLA models only",
+        "served",
     ),
     "deepseek_v3": (
         "DeepseekV3Config",

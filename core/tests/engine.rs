@@ -25,7 +25,13 @@ struct Model {
 
 /// One fixture of each family (from `tests/fixtures/reference/`, written by
 /// `scripts/make-reference.py`), beside the generated `micro-moe`.
-const FAMILY_FIXTURES: [&str; 2] = ["deepseek_v2_qlora", "deepseek_v3"];
+const FAMILY_FIXTURES: [&str; 5] = [
+    "deepseek_v2_qlora",
+    "deepseek_v3",
+    "qwen3_moe",
+    "qwen2_moe",
+    "mixtral",
+];
 
 fn models() -> &'static [Model] {
     static M: OnceLock<Vec<Model>> = OnceLock::new();

@@ -43,6 +43,24 @@ impl Engine {
                 *a += v;
             }
         }
+        // Qwen2-MoE: the shared expert's output times sigmoid(gate · x), per token (the gate
+        // is replicated; the sum over ranks is linear, so it applies once after it).
+        if let Ffn::Moe {
+            shared_gate: Some(g),
+            ..
+        } = self.layout.ranks[0].layers[l].ffn
+            && shared
+        {
+            Self::mat(hmm, devs[0], &g, &mut sc.w)?;
+            let mut z = vec![0.0f32; b];
+            math::matmul_t(xn, b, h, &sc.w, 1, &mut z);
+            for (row, z) in y.chunks_exact_mut(h).zip(&z) {
+                let s = 1.0 / (1.0 + (-z).exp());
+                for v in row {
+                    *v *= s;
+                }
+            }
+        }
         Ok(y)
     }
 

@@ -134,6 +134,8 @@ pub enum AttnDims {
     Gqa {
         head_dim: usize,
         kv_heads_per_rank: usize,
+        /// Query heads per KV head.
+        group: usize,
     },
 }
 
@@ -157,6 +159,7 @@ impl Dims {
             AttnDims::Gqa {
                 head_dim,
                 kv_heads_per_rank,
+                ..
             } => 2 * kv_heads_per_rank * head_dim,
         }
     }
@@ -304,25 +307,109 @@ fn mla_mats(pack: &Pack, slot: usize, p: &str, q_lora: bool) -> Result<AttnMats,
     })
 }
 
-/// GQA's dimensions, or why the engine cannot run `model`'s GQA under TP `tp`.
-fn gqa_dims(model: &ModelSpec, _tp: u32) -> Result<(AttnDims, Rope), EngineError> {
-    Err(unsupported(format!(
-        "{} uses GQA attention; the engine runs MLA",
-        model.name
-    )))
+/// GQA's dimensions, or why the engine cannot run `model`'s GQA under TP `tp`: query heads
+/// split evenly over the ranks; KV heads too, or, with fewer KV heads than ranks, each rank
+/// holds the one head its query heads share (the split `tensors.rs` cuts).
+fn gqa_dims(model: &ModelSpec, tp: u32) -> Result<(AttnDims, Rope), EngineError> {
+    let Attention::Gqa {
+        num_kv_heads,
+        head_dim,
+        ..
+    } = model.attention
+    else {
+        unreachable!("gqa_dims on an MLA model")
+    };
+    if !matches!(
+        model.family,
+        Family::Qwen2Moe | Family::Qwen3Moe | Family::Mixtral
+    ) {
+        return Err(unsupported(format!(
+            "{} is {}: the engine's GQA runs Qwen2-MoE, Qwen3-MoE and Mixtral",
+            model.name, model.family
+        )));
+    }
+    let heads = model.num_attention_heads;
+    if num_kv_heads == 0 || !heads.is_multiple_of(num_kv_heads) {
+        return Err(unsupported(format!(
+            "{heads} attention heads do not form equal groups over {num_kv_heads} KV heads"
+        )));
+    }
+    if !heads.is_multiple_of(tp) {
+        return Err(unsupported(format!(
+            "{heads} attention heads do not split evenly over TP {tp}"
+        )));
+    }
+    let kv_ok = if num_kv_heads >= tp {
+        num_kv_heads.is_multiple_of(tp)
+    } else {
+        tp.is_multiple_of(num_kv_heads)
+    };
+    if !kv_ok {
+        return Err(unsupported(format!(
+            "{num_kv_heads} KV heads neither split evenly over TP {tp} nor replicate evenly \
+             across it"
+        )));
+    }
+    if head_dim == 0 || !head_dim.is_multiple_of(2) {
+        return Err(unsupported(format!(
+            "head_dim {head_dim}: rotary embedding needs an even, non-zero head dim"
+        )));
+    }
+    let dims = AttnDims::Gqa {
+        head_dim: head_dim as usize,
+        kv_heads_per_rank: num_kv_heads.div_ceil(tp) as usize,
+        group: (heads / num_kv_heads) as usize,
+    };
+    let rope = Rope::for_model(model, head_dim as usize, false);
+    Ok((dims, rope))
 }
 
 /// Layer `p`'s GQA tensors in `pack`.
-fn gqa_mats(_pack: &Pack, _slot: usize, p: &str) -> Result<AttnMats, EngineError> {
-    Err(unsupported(format!("{p}: GQA attention is not served")))
+fn gqa_mats(model: &ModelSpec, pack: &Pack, slot: usize, p: &str) -> Result<AttnMats, EngineError> {
+    let Attention::Gqa {
+        qkv_bias, qk_norm, ..
+    } = model.attention
+    else {
+        unreachable!("gqa_mats on an MLA model")
+    };
+    let a = format!("{p}.self_attn");
+    let m = |n: &str| find(pack, slot, &format!("{a}.{n}"));
+    let bias = if qkv_bias {
+        Some([m("q_proj.bias")?, m("k_proj.bias")?, m("v_proj.bias")?])
+    } else {
+        None
+    };
+    let qk_norm = if qk_norm {
+        Some([m("q_norm.weight")?, m("k_norm.weight")?])
+    } else {
+        None
+    };
+    Ok(AttnMats::Gqa {
+        q: m("q_proj.weight")?,
+        k: m("k_proj.weight")?,
+        v: m("v_proj.weight")?,
+        o: m("o_proj.weight")?,
+        bias,
+        qk_norm,
+    })
 }
 
 /// Layer `p`'s MoE tensors (router, shared experts) in `pack`.
 fn moe_mats(model: &ModelSpec, pack: &Pack, slot: usize, p: &str) -> Result<Ffn, EngineError> {
-    let shared = if model.shared_expert_intermediate_size > 0 {
-        Some(mlp(pack, slot, &format!("{p}.mlp.shared_experts"))?)
-    } else {
-        None
+    let t = |n: &str| find(pack, slot, &format!("{p}.{n}"));
+    let (router, shared, shared_gate) = match model.family {
+        Family::Mixtral => (t("block_sparse_moe.gate.weight")?, None, None),
+        Family::Qwen2Moe if model.shared_expert_intermediate_size > 0 => (
+            t("mlp.gate.weight")?,
+            Some(mlp(pack, slot, &format!("{p}.mlp.shared_expert"))?),
+            Some(t("mlp.shared_expert_gate.weight")?),
+        ),
+        _ if model.shared_expert_intermediate_size > 0 => (
+            t("mlp.gate.weight")?,
+            Some(mlp(pack, slot, &format!("{p}.mlp.shared_experts"))?),
+            None,
+        ),
+        _ => (t("mlp.gate.weight")?, None, None),
     };
     let correction_bias = if model.routing.correction_bias {
         Some(find(
@@ -334,11 +421,32 @@ fn moe_mats(model: &ModelSpec, pack: &Pack, slot: usize, p: &str) -> Result<Ffn,
         None
     };
     Ok(Ffn::Moe {
-        router: find(pack, slot, &format!("{p}.mlp.gate.weight"))?,
+        router,
         correction_bias,
         shared,
-        shared_gate: None,
+        shared_gate,
     })
+}
+
+/// A routed expert's tensors, inside its pack: Mixtral names them `w1` (gate), `w3` (up) and
+/// `w2` (down).
+fn expert_mlp(model: &ModelSpec, pack: &Pack, layer: u32) -> Result<Mlp, EngineError> {
+    if model.family == Family::Mixtral {
+        let n = |w: &str| {
+            find(
+                pack,
+                0,
+                &format!("model.layers.{layer}.block_sparse_moe.experts.0.{w}.weight"),
+            )
+        };
+        Ok(Mlp {
+            gate: n("w1")?,
+            up: n("w3")?,
+            down: n("w2")?,
+        })
+    } else {
+        mlp(pack, 0, &format!("model.layers.{layer}.mlp.experts.0"))
+    }
 }
 
 impl Layout {
@@ -394,7 +502,7 @@ impl Layout {
                     attn: if mla {
                         mla_mats(pack, slot, &p, q_lora)?
                     } else {
-                        gqa_mats(pack, slot, &p)?
+                        gqa_mats(model, pack, slot, &p)?
                     },
                     ffn,
                 });
@@ -409,7 +517,7 @@ impl Layout {
         }
         let first = model.moe_layers().first().copied().unwrap_or(0);
         let ep = model.expert_pack(first, 0);
-        let expert = mlp(&ep, 0, &format!("model.layers.{first}.mlp.experts.0"))?;
+        let expert = expert_mlp(model, &ep, first)?;
         Ok(Self {
             tp,
             dims,

@@ -66,7 +66,6 @@ impl From<serde_json::Error> for HfConfigError {
 const NEUTRAL: &[&str] = &[
     "_name_or_path",
     "architectures",
-    "attention_bias",
     "attention_dropout",
     "aux_loss_alpha",
     "auto_map",
@@ -75,9 +74,7 @@ const NEUTRAL: &[&str] = &[
     "ep_size",
     "hidden_act",
     "initializer_range",
-    "layer_types",
     "max_position_embeddings",
-    "max_window_layers",
     "n_group",
     "norm_topk_prob",
     "num_nextn_predict_layers",
@@ -89,12 +86,10 @@ const NEUTRAL: &[&str] = &[
     "router_jitter_noise",
     "scoring_func",
     "seq_aux",
-    "sliding_window",
     "topk_group",
     "topk_method",
     "transformers_version",
     "use_cache",
-    "use_sliding_window",
 ];
 
 struct Fields<'a> {
@@ -450,20 +445,55 @@ pub fn from_hf_config(text: &str, name: &str) -> Result<ModelSpec, HfConfigError
             }
         }
         Family::Qwen2Moe | Family::Qwen3Moe => {
+            let qwen2 = family == Family::Qwen2Moe;
             spec.intermediate_size = f.u32("intermediate_size")?;
             spec.moe_intermediate_size = f.u32("moe_intermediate_size")?;
-            spec.num_routed_experts = f.u32("num_experts")?;
-            spec.decoder_sparse_step = f.opt_u32("decoder_sparse_step")?.unwrap_or(1).max(1);
+            // transformers 5 writes Qwen3-MoE's count as `num_local_experts` (its attribute map
+            // aliases `num_experts`); Qwen2-MoE has no alias, so there it is an unknown key.
+            spec.num_routed_experts = if qwen2 {
+                f.u32("num_experts")?
+            } else {
+                read_expert_count(&mut f, "num_experts")?
+            };
+            spec.decoder_sparse_step = match f.opt_u32("decoder_sparse_step")? {
+                None => 1,
+                Some(0) => {
+                    return Err(HfConfigError::Unsupported {
+                        field: "decoder_sparse_step".into(),
+                        value: "0".into(),
+                        why: "must be at least 1 (MoE layers are those with (l + 1) % step == 0)",
+                    });
+                }
+                Some(n) => n,
+            };
             spec.mlp_only_layers = f.u32_list("mlp_only_layers")?;
-            let qwen2 = family == Family::Qwen2Moe;
-            if qwen2 {
+            check_gqa_common(&mut f)?;
+            spec.routing = super::Routing {
+                // Both families default to plain top-k probabilities.
+                normalize: f.opt_bool("norm_topk_prob")?.unwrap_or(false),
+                ..super::Routing::default()
+            };
+            let qkv_bias = if qwen2 {
                 spec.shared_expert_intermediate_size = f.u32("shared_expert_intermediate_size")?;
                 spec.num_shared_experts = u32::from(spec.shared_expert_intermediate_size > 0);
+                read_qwen2_bias(&mut f)?
+            } else {
+                refuse_true(
+                    &mut f,
+                    "attention_bias",
+                    "Qwen3-MoE's q/k/v/o projection biases are not loaded",
+                )?;
+                false
+            };
+            check_qwen_sliding(&mut f, qwen2, num_layers)?;
+            if !qwen2 {
+                // Not a Qwen3-MoE setting (transformers never reads it); real configs carry it.
+                f.get("max_window_layers");
             }
             spec.attention = Attention::Gqa {
                 num_kv_heads,
                 head_dim: gqa_head_dim(&mut f)?,
-                qkv_bias: qwen2,
+                qkv_bias,
                 qk_norm: !qwen2,
             };
         }
@@ -471,7 +501,37 @@ pub fn from_hf_config(text: &str, name: &str) -> Result<ModelSpec, HfConfigError
             // Mixtral's `intermediate_size` is the expert width; it has no dense layers.
             spec.moe_intermediate_size = f.u32("intermediate_size")?;
             spec.intermediate_size = spec.moe_intermediate_size;
-            spec.num_routed_experts = f.u32("num_local_experts")?;
+            spec.num_routed_experts = read_expert_count(&mut f, "num_local_experts")?;
+            check_gqa_common(&mut f)?;
+            // transformers' Mixtral renormalises the chosen weights whatever the config says
+            // (`norm_topk_prob` is not one of its settings: read past).
+            f.get("norm_topk_prob");
+            spec.routing = super::Routing {
+                normalize: true,
+                ..super::Routing::default()
+            };
+            refuse_true(
+                &mut f,
+                "attention_bias",
+                "Mixtral has no projection biases (transformers builds none)",
+            )?;
+            if let Some(v) = f.get("sliding_window") {
+                return Err(HfConfigError::Unsupported {
+                    field: "sliding_window".into(),
+                    value: crate::echo::echo(&v.to_string()),
+                    why: "sliding-window attention is not served (only null, full causal \
+                          attention)",
+                });
+            }
+            // Mixtral's default base when the config names none (transformers' default_theta).
+            let named = f.obj.get("rope_theta").is_some_and(|v| !v.is_null())
+                || f.obj
+                    .get("rope_parameters")
+                    .and_then(|p| p.get("rope_theta"))
+                    .is_some_and(|v| !v.is_null());
+            if !named {
+                spec.rope_theta = 1_000_000.0;
+            }
             spec.attention = Attention::Gqa {
                 num_kv_heads,
                 head_dim: gqa_head_dim(&mut f)?,
@@ -616,6 +676,115 @@ fn read_yarn(key: &str, o: &Map<String, Value>) -> Result<Option<super::Yarn>, H
         attention_factor: num("attention_factor")?,
         truncate,
     }))
+}
+
+/// The routed-expert count of Qwen3-MoE or Mixtral under either spelling transformers accepts
+/// (`canonical` or its alias); both present must agree.
+fn read_expert_count(f: &mut Fields, canonical: &'static str) -> Result<u32, HfConfigError> {
+    let a = f.opt_u32("num_experts")?;
+    let b = f.opt_u32("num_local_experts")?;
+    match (a, b) {
+        (Some(x), Some(y)) if x != y => Err(HfConfigError::Unsupported {
+            field: "num_experts".into(),
+            value: format!("{x} (num_local_experts is {y})"),
+            why: "the two spellings of the expert count must agree",
+        }),
+        (Some(x), _) | (None, Some(x)) => Ok(x),
+        (None, None) => Err(f.missing(canonical)),
+    }
+}
+
+/// Keys every GQA family shares that change the math: the activation (SiLU only) and
+/// per-layer attention kinds (full attention only).
+fn check_gqa_common(f: &mut Fields) -> Result<(), HfConfigError> {
+    match f.get("hidden_act") {
+        None => {}
+        Some(Value::String(s)) if s == "silu" => {}
+        Some(Value::String(s)) => {
+            return Err(HfConfigError::Unsupported {
+                field: "hidden_act".into(),
+                value: crate::echo::echo(s),
+                why: "the engine's MLPs and experts are SwiGLU (silu)",
+            });
+        }
+        Some(v) => return Err(wrong("hidden_act", "a string", v)),
+    }
+    match f.get("layer_types") {
+        None => {}
+        Some(Value::Array(a)) => {
+            if let Some(v) = a.iter().find(|v| v.as_str() != Some("full_attention")) {
+                return Err(HfConfigError::Unsupported {
+                    field: "layer_types".into(),
+                    value: crate::echo::echo(&v.to_string()),
+                    why: "only full_attention layers are served (no sliding window)",
+                });
+            }
+        }
+        Some(v) => return Err(wrong("layer_types", "a list of strings", v)),
+    }
+    Ok(())
+}
+
+/// Refuse `key: true`, naming why.
+fn refuse_true(f: &mut Fields, key: &'static str, why: &'static str) -> Result<(), HfConfigError> {
+    if f.opt_bool(key)? == Some(true) {
+        return Err(HfConfigError::Unsupported {
+            field: key.into(),
+            value: "true".into(),
+            why,
+        });
+    }
+    Ok(())
+}
+
+/// Qwen2-MoE's q/k/v biases: `qkv_bias` (transformers 5; default true, as every earlier
+/// Qwen2-MoE had them). `attention_bias` is not a Qwen2-MoE setting; present, it must agree.
+fn read_qwen2_bias(f: &mut Fields) -> Result<bool, HfConfigError> {
+    let qkv = f.opt_bool("qkv_bias")?.unwrap_or(true);
+    if let Some(ab) = f.opt_bool("attention_bias")?
+        && ab != qkv
+    {
+        return Err(HfConfigError::Unsupported {
+            field: "attention_bias".into(),
+            value: format!("{ab} (qkv_bias is {qkv})"),
+            why: "Qwen2-MoE's q/k/v biases follow qkv_bias; the two must agree",
+        });
+    }
+    Ok(qkv)
+}
+
+/// Qwen's sliding window, refused wherever transformers would apply it: Qwen3-MoE on every
+/// layer when `use_sliding_window` and `sliding_window` is set; Qwen2-MoE on the layers its
+/// `layer_types` name (by default every other layer below `max_window_layers` when
+/// `use_sliding_window`).
+fn check_qwen_sliding(f: &mut Fields, qwen2: bool, layers: u32) -> Result<(), HfConfigError> {
+    let use_sw = f.opt_bool("use_sliding_window")?.unwrap_or(false);
+    let window = f.get("sliding_window");
+    if let Some(v) = window
+        && !v.is_u64()
+    {
+        return Err(wrong("sliding_window", "a whole number or null", v));
+    }
+    let max_window_layers = f.opt_u32("max_window_layers")?;
+    let applies = if qwen2 {
+        // An explicit `layer_types` (checked to be all full attention) decides; else the
+        // default: layer 0 slides as soon as any layer is below max_window_layers.
+        let explicit = f.obj.get("layer_types").is_some_and(|v| !v.is_null());
+        !explicit && use_sw && max_window_layers.unwrap_or(28).min(layers) > 0
+    } else {
+        use_sw && window.is_some()
+    };
+    if applies {
+        return Err(HfConfigError::Unsupported {
+            field: "use_sliding_window".into(),
+            value: format!(
+                "true (sliding_window {})",
+                window.map_or("null".into(), Value::to_string)
+            ),
+            why: "sliding-window attention is not served",
+        });
+    }
+    Ok(())
 }
 
 /// `rope_theta` at the top level (transformers 4) or in `rope_parameters` (transformers 5);
@@ -1026,11 +1195,15 @@ impl ModelSpec {
                 set("num_experts", self.num_routed_experts.into());
                 set("decoder_sparse_step", self.decoder_sparse_step.into());
                 set("mlp_only_layers", self.mlp_only_layers.clone().into());
+                set("norm_topk_prob", self.routing.normalize.into());
                 if self.family == Family::Qwen2Moe {
                     set(
                         "shared_expert_intermediate_size",
                         self.shared_expert_intermediate_size.into(),
                     );
+                    if let Attention::Gqa { qkv_bias, .. } = self.attention {
+                        set("qkv_bias", qkv_bias.into());
+                    }
                 }
             }
             Family::Mixtral => {
@@ -1268,5 +1441,117 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("`mlp_bias`"), "{e}");
+    }
+
+    /// The configs transformers 5 wrote for the reference fixtures.
+    fn fixture(name: &str) -> Value {
+        let text = match name {
+            "qwen2_moe" => include_str!("../../../tests/fixtures/reference/qwen2_moe/config.json"),
+            "qwen3_moe" => include_str!("../../../tests/fixtures/reference/qwen3_moe/config.json"),
+            _ => include_str!("../../../tests/fixtures/reference/mixtral/config.json"),
+        };
+        serde_json::from_str(text).unwrap()
+    }
+
+    fn refused(v: &Value, field: &str) {
+        let e = parse(v).unwrap_err().to_string();
+        assert!(e.contains(&format!("`{field}`")), "{e}");
+    }
+
+    #[test]
+    fn qwen2_moe_reads_its_biases_shared_expert_and_refuses_sliding_windows() {
+        let v = fixture("qwen2_moe");
+        let s = parse(&v).unwrap();
+        assert_eq!(
+            s.attention,
+            Attention::Gqa {
+                num_kv_heads: 2,
+                head_dim: 16,
+                qkv_bias: true,
+                qk_norm: false
+            }
+        );
+        assert_eq!(
+            (s.num_shared_experts, s.shared_expert_intermediate_size),
+            (1, 32)
+        );
+        assert!(!s.routing.normalize);
+        let mut w = v.clone();
+        w["qkv_bias"] = false.into();
+        assert!(matches!(
+            parse(&w).unwrap().attention,
+            Attention::Gqa {
+                qkv_bias: false,
+                ..
+            }
+        ));
+        w["attention_bias"] = true.into();
+        refused(&w, "attention_bias");
+        let mut w = v.clone();
+        w["norm_topk_prob"] = true.into();
+        assert!(parse(&w).unwrap().routing.normalize);
+        // Without an explicit all-full `layer_types`, a sliding window would apply.
+        let mut w = v.clone();
+        w.as_object_mut().unwrap().remove("layer_types");
+        w["use_sliding_window"] = true.into();
+        refused(&w, "use_sliding_window");
+        let mut w = v;
+        w["layer_types"][1] = "sliding_attention".into();
+        refused(&w, "layer_types");
+    }
+
+    #[test]
+    fn qwen3_moe_reads_both_expert_count_spellings_and_its_routing() {
+        let v = fixture("qwen3_moe");
+        let s = parse(&v).unwrap();
+        assert_eq!(s.num_routed_experts, 8);
+        assert!(s.routing.normalize);
+        assert!(matches!(
+            s.attention,
+            Attention::Gqa {
+                qk_norm: true,
+                qkv_bias: false,
+                ..
+            }
+        ));
+        let mut w = v.clone();
+        w["num_experts"] = 8.into();
+        assert_eq!(parse(&w).unwrap().num_routed_experts, 8);
+        w["num_experts"] = 16.into();
+        refused(&w, "num_experts");
+        for (key, val) in [
+            ("attention_bias", Value::from(true)),
+            ("hidden_act", "gelu".into()),
+            ("decoder_sparse_step", 0.into()),
+        ] {
+            let mut w = v.clone();
+            w[key] = val;
+            refused(&w, key);
+        }
+        let mut w = v;
+        w["use_sliding_window"] = true.into();
+        w["sliding_window"] = 64.into();
+        refused(&w, "use_sliding_window");
+    }
+
+    #[test]
+    fn mixtral_always_renormalises_and_refuses_a_sliding_window() {
+        let v = fixture("mixtral");
+        let s = parse(&v).unwrap();
+        assert!(s.routing.normalize);
+        assert_eq!((s.num_routed_experts, s.moe_intermediate_size), (8, 32));
+        let mut w = v.clone();
+        w["norm_topk_prob"] = false.into();
+        assert!(
+            parse(&w).unwrap().routing.normalize,
+            "transformers ignores it"
+        );
+        let mut w = v.clone();
+        w["sliding_window"] = 4096.into();
+        refused(&w, "sliding_window");
+        // No rope_theta anywhere: Mixtral's own default base.
+        let mut w = v;
+        w.as_object_mut().unwrap().remove("rope_parameters");
+        assert_eq!(parse(&w).unwrap().rope_theta, 1_000_000.0);
     }
 }

@@ -142,6 +142,7 @@ fn qwen3_30b_a3b() -> ModelSpec {
         rms_norm_eps: 1e-6,
         rope_theta: 1_000_000.0,
         rope_scaling: None,
+        // `norm_topk_prob: true`
         routing: super::Routing {
             normalize: true,
             ..super::Routing::default()

@@ -36,6 +36,22 @@ pub enum Split {
     Rows,
     /// Split along dimension 1 (input features): each shard is a strided set of row pieces.
     Cols,
+    /// Dimension 0 is `heads` equal row groups (GQA's K and V projections): with at least as
+    /// many heads as ranks, whole heads are split as evenly as possible; with fewer, rank `r`
+    /// holds head `r·heads/tp`, the one its query heads attend with (each head on `tp/heads`
+    /// ranks).
+    Heads { heads: u32 },
+}
+
+/// `[start, end)` in heads of rank `rank`'s share of `heads` heads under TP `tp`.
+pub fn head_range(heads: u32, tp: u32, rank: u32) -> (u64, u64) {
+    let tp = tp.max(1);
+    if heads >= tp {
+        even_range(u64::from(heads), tp, rank)
+    } else {
+        let h = u64::from(rank.min(tp - 1)) * u64::from(heads) / u64::from(tp);
+        (h, h + 1)
+    }
 }
 
 /// One weight tensor.
@@ -78,6 +94,13 @@ impl TensorSpec {
             Split::Replicated => return shape,
             Split::Rows => 0,
             Split::Cols => 1,
+            Split::Heads { heads } => {
+                if let Some(d) = shape.first_mut() {
+                    let (a, b) = head_range(heads, tp, rank);
+                    *d = (b - a) * (*d / u64::from(heads.max(1)));
+                }
+                return shape;
+            }
         };
         if let Some(d) = shape.get_mut(dim) {
             let (a, b) = even_range(*d, tp, rank);
@@ -102,6 +125,11 @@ impl TensorSpec {
                 let row_bytes = self.bytes() / rows.max(1);
                 let (a, b) = even_range(rows, tp, rank);
                 vec![(a * row_bytes, b * row_bytes)]
+            }
+            Split::Heads { heads } => {
+                let head_bytes = self.bytes() / u64::from(heads.max(1));
+                let (a, b) = head_range(heads, tp, rank);
+                vec![(a * head_bytes, b * head_bytes)]
             }
             Split::Cols => {
                 let rows = self.shape.first().copied().unwrap_or(1);
@@ -385,7 +413,14 @@ impl ModelSpec {
                 qkv_bias,
                 qk_norm,
             } => {
-                let kv_split = if num_kv_heads >= 2 { Rows } else { Replicated };
+                // Whole KV heads per rank; a single head is simply on every rank.
+                let kv_split = if num_kv_heads >= 2 {
+                    Heads {
+                        heads: num_kv_heads,
+                    }
+                } else {
+                    Replicated
+                };
                 for (n, out, split) in [
                     ("q_proj", heads * head_dim, Rows),
                     ("k_proj", num_kv_heads * head_dim, kv_split),

@@ -280,3 +280,30 @@ fn kv_bytes_follow_the_attention_kind() {
     // Fewer KV heads than TP ranks: each rank keeps one head.
     assert_eq!(q.kv_bytes_per_token_per_layer(8), 2 * 128 * 2);
 }
+
+/// The bytes of every tensor the loader would place (`tensors()`), in the dtypes the released
+/// checkpoints store.
+fn checkpoint_bytes(spec: &ModelSpec) -> u64 {
+    spec.tensors().iter().map(|t| t.bytes()).sum()
+}
+
+#[test]
+fn presets_hold_the_bytes_of_the_released_checkpoints() {
+    // Qwen3-30B-A3B: the Hub's model.safetensors.index.json `total_size`, all bf16:
+    // 48 layers × (attention 38,281,728 incl. router and norms + 128 experts × 9,437,184)
+    // + embeddings, LM head and final norm 1,244,663,808.
+    let q = model::preset("qwen3-30b-a3b").unwrap().spec();
+    assert_eq!(q.expert_bytes(), 3 * 768 * 2048 * 2);
+    assert_eq!(checkpoint_bytes(&q), 61_064_245_248);
+    // DeepSeek-V3 without its multi-token-prediction layer (the loader does not place it):
+    // fp8 linear weights, each with f32 scales per 128×128 block, bf16 norms, embeddings,
+    // LM head and router, f32 `e_score_correction_bias`. By hand: an expert 3 × 2048 × 7168
+    // + 3 × 16 × 56 × 4 = 44,050,944; MLA with q-LoRA and the two norms 187,183,840 per layer;
+    // dense layers add an 18432-wide MLP (583,642,336 in all), MoE layers the router, bias
+    // and shared expert (234,905,824 without the routed experts); globals 3,706,730,496.
+    let v3 = model::preset("deepseek-v3").unwrap().spec();
+    assert_eq!(v3.expert_bytes(), 44_050_944);
+    let by_hand = 3 * 583_642_336 + 58 * (234_905_824 + 256 * 44_050_944) + 3_706_730_496u64;
+    assert_eq!(checkpoint_bytes(&v3), by_hand);
+    assert_eq!(by_hand, 673_150_611_808);
+}
